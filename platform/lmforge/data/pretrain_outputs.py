@@ -1,0 +1,147 @@
+"""What prepare-pretrain writes besides the manifest: shards, quarantine, duplicate samples, counts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray.data
+
+from lmforge.config import SourceConfig
+from lmforge.data.dedup import DuplicateClusters
+from lmforge.data.sources import LINE_BITS, SourceFile
+
+OUTPUT_GLOBS = ("blocks-*.parquet", "manifest.json", "quarantine.jsonl", "dedup_clusters.jsonl")
+EXCERPT = 300
+
+
+def reset_output_dir(path: str) -> Path:
+    """Create the directory; remove a previous run's outputs so no stale shard is ever read."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in OUTPUT_GLOBS:
+        for old in out.glob(pattern):
+            old.unlink() if old.is_file() else shutil.rmtree(old)
+    return out
+
+
+def write_shards(blocks: ray.data.Dataset, out: Path, blocks_per_shard: int) -> list[dict]:
+    """Write blocks, in block order, to `blocks-NNNNN.parquet` files of `blocks_per_shard` blocks each.
+
+    Workers write their shards in parallel; names and bytes depend only on the blocks, so the
+    same input and config give byte-identical shards.
+    """
+    with_shard = blocks.map_batches(
+        lambda t: t.append_column("shard", pc.divide(t.column("block"), blocks_per_shard)),
+        batch_format="pyarrow",
+    )
+    written = with_shard.groupby("shard").map_groups(
+        _write_shard, batch_format="pyarrow", fn_kwargs={"out_dir": str(out)}
+    )
+    return sorted(written.take_all(), key=lambda row: row["shard"])
+
+
+def _write_shard(group: pa.Table, out_dir: str) -> pa.Table:
+    group = group.sort_by("block")
+    shard = group.column("shard")[0].as_py()
+    blocks = group.column("block").to_numpy()
+    if blocks.size and not np.array_equal(blocks, np.arange(blocks[0], blocks[0] + blocks.size)):
+        raise RuntimeError(f"shard {shard}: blocks are not contiguous ({blocks[:5]}...)")
+    name = f"blocks-{shard:05d}.parquet"
+    path = Path(out_dir) / name
+    pq.write_table(group.select(["block", "input_ids", "doc_lens"]), path, compression="zstd")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return pa.table({"shard": [shard], "file": [name], "blocks": [blocks.size],
+                     "first_block": [int(blocks[0]) if blocks.size else 0], "sha256": [digest]})
+
+
+def write_quarantine(docs: ray.data.Dataset, files: list[SourceFile], surveys: list, path: Path) -> int:
+    """Every record that could not be read, with source, file, line and reason, in corpus order."""
+    written = 0
+    with path.open("w", encoding="utf-8") as sink:
+        for file, survey in zip(files, surveys):
+            if isinstance(survey, str):
+                sink.write(_json({"source": file.source.name, "file": file.path, "line": 0, "reason": survey}))
+                written += 1
+        bad = docs.filter(expr="status == 'quarantined'").select_columns(["key", "source", "line", "reason", "raw"])
+        if bad.count():
+            for row in bad.sort("key").iter_rows():
+                sink.write(_json({
+                    "source": row["source"], "file": files[row["key"] >> LINE_BITS].path, "line": row["line"],
+                    "reason": row["reason"], "raw": row["raw"],
+                }))
+                written += 1
+    return written
+
+
+def write_duplicate_sample(docs: ray.data.Dataset, clusters: DuplicateClusters, files: list[SourceFile],
+                           path: Path) -> None:
+    """A few duplicate clusters, kept document first, for a human to check the dedup threshold."""
+    wanted = np.asarray(sorted({k for kept, removed in clusters.clusters for k in (kept, *removed)}), np.int64)
+    rows = {}
+    if wanted.size:
+        sample = docs.map_batches(
+            lambda t: t.filter(pa.array(np.isin(t.column("key").to_numpy(), wanted))), batch_format="pyarrow"
+        )
+        rows = {r["key"]: r for r in sample.select_columns(["key", "source", "line", "text"]).take_all()}
+
+    def describe(key: int) -> dict:
+        row = rows.get(key, {})
+        return {"source": row.get("source"), "file": files[key >> LINE_BITS].path, "line": row.get("line"),
+                "text": (row.get("text") or "")[:EXCERPT]}
+
+    with path.open("w", encoding="utf-8") as sink:
+        for kept, removed in clusters.clusters:
+            sink.write(_json({"kept": describe(kept), "duplicates": [describe(k) for k in removed]}))
+
+
+def reconcile_counts(
+    sources: list[SourceConfig],
+    status_counts: dict[str, dict[str, int]],
+    removed_counts: dict[str, dict[str, int]],
+    kept: dict[str, dict[str, int]],
+    factors: dict[str, float],
+    output: dict[str, dict[str, int]],
+) -> dict:
+    """Per-source counts after every step; raises if read != kept + filtered + duplicates + quarantined."""
+    weight_sum = sum(s.weight for s in sources)
+    output_tokens = sum(v["tokens"] for v in output.values()) or 1
+    per_source = {}
+    for source in sources:
+        name = source.name
+        statuses = status_counts.get(name, {})
+        filtered = {k.split(":", 1)[1]: v for k, v in sorted(statuses.items()) if k.startswith("filtered:")}
+        row = {
+            "read": sum(statuses.values()),
+            "quarantined": statuses.get("quarantined", 0),
+            "filtered": filtered,
+            "exact_duplicates": removed_counts.get(name, {}).get("exact_duplicates", 0),
+            "near_duplicates": removed_counts.get(name, {}).get("near_duplicates", 0),
+            "kept_documents": kept.get(name, {}).get("documents", 0),
+            "kept_tokens": kept.get(name, {}).get("tokens", 0),
+            "mix_factor": round(factors.get(name, 0.0), 6),
+            "output_documents": output.get(name, {}).get("documents", 0),
+            "output_tokens": output.get(name, {}).get("tokens", 0),
+            "requested_share": round(source.weight / weight_sum, 6),
+            "achieved_share": round(output.get(name, {}).get("tokens", 0) / output_tokens, 6),
+        }
+        accounted = (row["kept_documents"] + sum(filtered.values()) + row["exact_duplicates"]
+                     + row["near_duplicates"] + row["quarantined"])
+        if accounted != row["read"]:
+            raise RuntimeError(f"source {name}: counts do not reconcile: read {row['read']} != {accounted} ({row})")
+        per_source[name] = row
+    total = {key: sum(r[key] for r in per_source.values())
+             for key in ("read", "quarantined", "exact_duplicates", "near_duplicates", "kept_documents",
+                         "kept_tokens", "output_documents", "output_tokens")}
+    total["filtered"] = sum(sum(r["filtered"].values()) for r in per_source.values())
+    return {"sources": per_source, "total": total}
+
+
+def _json(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"

@@ -1,0 +1,120 @@
+"""From the `sources:` of a config to records: expand globs, survey files, read chunks.
+
+Every record gets a `key` that orders the whole corpus and says where it came from:
+`file_index << 40 | line` (files numbered in config order, then path order). Dedup keeps the
+copy with the smallest key, so which copy survives never depends on scheduling.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.config import ConfigError, SourceConfig
+from lmforge.data.readers import FileChunk, FileSurvey, UnreadableFile, read_chunk, survey_file
+from lmforge.data.templates import RecordError, render_text
+
+LINE_BITS = 40
+RAW_EXCERPT = 300
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    file_index: int
+    source: SourceConfig
+    path: str
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    """One unit of reading work: a chunk of a file of a source, with its place in corpus order."""
+
+    index: int
+    file_index: int
+    source: SourceConfig
+    chunk: FileChunk
+
+
+def record_key(file_index: int, line: int) -> int:
+    return (file_index << LINE_BITS) | line
+
+
+def key_file_index(key: int) -> int:
+    return key >> LINE_BITS
+
+
+def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
+    """Every input file in corpus order; a path or glob that matches nothing is a config error."""
+    files = []
+    for i, source in enumerate(sources):
+        for pattern in source.path:
+            matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+            matches = [m for m in matches if not Path(m).is_dir()]
+            if not matches or not Path(matches[0]).exists():
+                raise ConfigError(f"sources.{i}.path: '{pattern}' matches no file (source '{source.name}')")
+            files.extend(SourceFile(len(files) + j, source, m) for j, m in enumerate(matches))
+    return files
+
+
+def survey_source_file(file: SourceFile, chunk_bytes: int) -> FileSurvey | str:
+    """The file's survey, or the reason it cannot be read at all (it then goes to quarantine)."""
+    try:
+        return survey_file(
+            file.path, file.source.format, encoding=file.source.encoding,
+            chunk_bytes=chunk_bytes, text_unit=file.source.text_unit,
+        )
+    except UnreadableFile as exc:
+        return str(exc)
+
+
+def plan_chunks(files: list[SourceFile], surveys: list[FileSurvey | str]) -> list[PlannedChunk]:
+    chunks = []
+    for file, survey in zip(files, surveys):
+        if isinstance(survey, str):
+            continue
+        for chunk in survey.chunks:
+            chunks.append(PlannedChunk(len(chunks), file.file_index, file.source, chunk))
+    return chunks
+
+
+def read_records(planned: PlannedChunk) -> Iterator[dict]:
+    """Rows of one chunk: the rendered text, or status 'quarantined' with the reason."""
+    source = planned.source
+    for record in read_chunk(planned.chunk, text_unit=source.text_unit):
+        row = {
+            "key": record_key(planned.file_index, record.line),
+            "chunk": planned.index,
+            "source": source.name,
+            "line": record.line,
+            "text": None,
+            "status": "ok",
+            "reason": None,
+            "raw": None,
+        }
+        error = record.error
+        if error is None:
+            try:
+                row["text"] = render_text(record.fields, source)
+            except RecordError as exc:
+                error = str(exc)
+        if error is not None:
+            row.update(status="quarantined", reason=error, raw=record.raw[:RAW_EXCERPT])
+        yield row
+
+
+def iter_source_texts(
+    sources: list[SourceConfig], limit: int | None = None, survey: Callable = survey_source_file
+) -> Iterator[str]:
+    """Texts of all sources in corpus order, in this process (for small jobs such as tokenizer training)."""
+    files = list_source_files(sources)
+    surveys = [survey(f, 64 * 1024**2) for f in files]
+    emitted = 0
+    for planned in plan_chunks(files, surveys):
+        for row in read_records(planned):
+            if row["text"]:
+                yield row["text"]
+                emitted += 1
+                if limit is not None and emitted >= limit:
+                    return

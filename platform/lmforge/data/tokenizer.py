@@ -1,0 +1,100 @@
+"""`lmforge train-tokenizer`: a byte-level BPE tokenizer that `AutoTokenizer.from_pretrained` loads.
+
+No weights can be downloaded here, so the demo and the tests train their own; real users point
+configs at a local model directory instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from lmforge.config import TokenizerTrainConfig
+from lmforge.data.sources import iter_source_texts
+from lmforge.manifest import Manifest
+
+# The original recipe's format: "User: q</s>\n Assistant: a</s>\n User: ..." (a space after the
+# newline and after each colon); the generation prompt is "\n Assistant: ".
+CLASSIC_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if not loop.first %}{{ '\\n ' }}{% endif -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] }}{{ eos_token }}"
+    "{%- elif message['role'] == 'user' -%}{{ 'User: ' }}{{ message['content'] }}{{ eos_token }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ 'Assistant: ' }}{{ message['content'] }}{{ eos_token }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}{{ '\\n Assistant: ' if messages else 'Assistant: ' }}{% endif -%}"
+)
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig) -> Manifest:
+    """Learn a byte-level BPE vocabulary from the sources and save it to `cfg.output_dir`."""
+    specials = [cfg.unk_token, cfg.bos_token, cfg.eos_token, cfg.pad_token]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    counter = _Counter(iter_source_texts(cfg.sources, limit=cfg.max_documents))
+    bpe.train_from_iterator(counter, trainer=trainer)
+    if counter.count == 0:
+        raise ValueError(f"train-tokenizer: the sources {[s.name for s in cfg.sources]} gave no text")
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=cfg.bos_token,
+        eos_token=cfg.eos_token,
+        pad_token=cfg.pad_token,
+        unk_token=cfg.unk_token,
+        model_max_length=cfg.model_max_length,
+    )
+    tokenizer.chat_template = cfg.chat_template or CLASSIC_CHAT_TEMPLATE
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    manifest = Manifest(
+        stage="train-tokenizer",
+        config=cfg.model_dump(),
+        outputs={"tokenizer_dir": str(out.resolve())},
+        counts={"documents": counter.count, "vocab_size": len(tokenizer)},
+    )
+    manifest.write(out)
+    return manifest
+
+
+def tokenizer_identity(path: str | Path) -> dict:
+    """What identifies a tokenizer in a manifest: its path, vocabulary, special ids, file hash."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer_json = Path(path) / "tokenizer.json"
+    digest = hashlib.sha256(tokenizer_json.read_bytes()).hexdigest() if tokenizer_json.is_file() else None
+    return {
+        "path": str(Path(path).resolve()),
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tokenizer_json_sha256": digest,
+    }
+
+
+class _Counter:
+    """Passes texts through while counting them (train_from_iterator gives no count back)."""
+
+    def __init__(self, texts: Iterator[str]):
+        self._texts = texts
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self._texts:
+            self.count += 1
+            yield text

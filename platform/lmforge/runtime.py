@@ -1,0 +1,37 @@
+"""Starting or joining Ray, the same way for the CLI, `jobs/` and tests."""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+import ray.data
+
+from lmforge.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join the cluster named by cfg.address or RAY_ADDRESS (set under `ray job submit`), else start a local Ray."""
+    configure_ray_data()
+    if ray.is_initialized():
+        return
+    kwargs = {}
+    if cfg.address:
+        kwargs["address"] = cfg.address
+    else:  # only a new local Ray takes resource sizes; Ray ignores them when RAY_ADDRESS joins a cluster
+        if cfg.num_cpus:
+            kwargs["num_cpus"] = cfg.num_cpus
+        if cfg.object_store_memory_mb:
+            kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024**2
+    ray.init(**kwargs, log_to_driver=True)
+    log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def configure_ray_data() -> None:
+    """Ray Data settings for our groupbys: a handful of large groups, not thousands of small ones."""
+    context = ray.data.DataContext.get_current()
+    # The default hash shuffle starts aggregator actors per operator (seconds each on a small
+    # node); the sort-based shuffle runs as plain tasks.
+    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED

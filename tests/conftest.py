@@ -1,0 +1,36 @@
+"""Shared fixtures: the real sample data, one local Ray per test session, a tiny tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared sample data not found at {SHARED_DATA} (set LMFORGE_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One real local Ray for the whole session; never joins another Ray on the machine."""
+    import ray
+
+    temp_dir = Path("/tmp") / f"lmforge-ray-{os.getpid()}"  # short: Ray's socket paths are length-limited
+    ray.init(
+        address="local",
+        num_cpus=4,
+        object_store_memory=400 * 1024**2,
+        include_dashboard=False,
+        _temp_dir=str(temp_dir),
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
