@@ -21,8 +21,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	touch $@
 
+# Every stage that exists, end to end on a local Ray with the shared samples; outputs in $(RUNS)/demo.
 demo: install
-	$(BIN)/python -m lmforge.demo
+	$(BIN)/lmforge train-tokenizer configs/demo/tokenizer.yaml
+	$(BIN)/lmforge prepare-pretrain configs/demo/pretrain_data.yaml
+	@echo "demo outputs: $(RUNS)/demo (tokenizer/, pretrain_data/ with manifest.json)"
 
 test: install
 	$(BIN)/python -m pytest

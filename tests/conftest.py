@@ -34,3 +34,19 @@ def ray_local(tmp_path_factory):
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory, shared_data) -> Path:
+    """A byte-level BPE tokenizer learned from the shared pretraining samples (no downloads here)."""
+    from lmforge.config import SourceConfig, TokenizerTrainConfig
+    from lmforge.data.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(TokenizerTrainConfig(
+        sources=[SourceConfig(path=str(shared_data / "pretrain" / name)) for name in
+                 ("fever.txt", "c4_demo.jsonl", "wiki_demo.txt")],
+        output_dir=str(out),
+        vocab_size=2000,
+    ))
+    return out

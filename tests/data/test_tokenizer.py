@@ -1,0 +1,27 @@
+"""The trained tokenizer loads with AutoTokenizer, round-trips Chinese and renders the classic chat."""
+
+from transformers import AutoTokenizer
+
+from lmforge.data.tokenizer import tokenizer_identity
+
+
+def test_tokenizer_round_trips_chinese_and_english(tiny_tokenizer):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
+    text = "传染病是指由病原微生物感染人体后产生的疾病。 Fever is common."
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.eos_token == "</s>" and tokenizer.pad_token == "<pad>" and tokenizer.bos_token == "<s>"
+
+
+def test_chat_template_is_the_classic_user_assistant_format(tiny_tokenizer):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
+    messages = [{"role": "user", "content": "头痛怎么办？"}, {"role": "assistant", "content": "多休息。"},
+                {"role": "user", "content": "还疼"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == "User: 头痛怎么办？</s>\n Assistant: 多休息。</s>\n User: 还疼</s>\n Assistant: "
+
+
+def test_identity_names_vocab_and_special_ids(tiny_tokenizer):
+    identity = tokenizer_identity(tiny_tokenizer)
+    assert identity["vocab_size"] == 2000 and identity["eos_token_id"] is not None
+    assert len(identity["tokenizer_json_sha256"]) == 64
