@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 from datasketch import MinHashLSH
+
 from lmforge.data.dedup import (
     MinHasher,
     band_buckets,

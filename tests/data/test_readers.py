@@ -1,48 +1,16 @@
-"""readers: files -> chunks -> raw records, with exact line numbers and per-record errors."""
+"""readers: chunks -> raw records, with exact line numbers and per-record errors."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import itertools
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
-from lmforge.data.readers import (
-    UnreadableFile,
-    detect_encoding,
-    infer_format,
-    read_chunk,
-    survey_file,
-)
+from file_helpers import GBK_CSV, read_all, write
 
-GBK_CSV = "sft/样例_内科5000-6000.csv"
-
-
-def read_all(path, format=None, *, text_unit="line", **survey_options):
-    survey = survey_file(str(path), format, text_unit=text_unit, **survey_options)
-    return [record for chunk in survey.chunks for record in read_chunk(chunk, text_unit=text_unit)]
-
-
-def write(tmp_path, name, data: bytes):
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
-
+from lmforge.data.survey import survey_file
 
 # --- real sample data -------------------------------------------------------------------------------
-
-
-def test_gbk_csv_is_detected_as_gb18030_and_chinese_round_trips(shared_data):
-    path = shared_data / GBK_CSV
-    assert detect_encoding(str(path)) == "gb18030"
-    first = read_all(path)[0]
-    assert first.line == 2
-    assert first.fields["department"] == "心血管科"
-    assert first.fields["title"] == "高血压患者能吃党参吗？"
 
 
 def test_gbk_csv_gives_one_record_per_data_row(shared_data):
@@ -60,43 +28,10 @@ def test_text_file_gives_one_record_per_non_blank_line(shared_data):
     assert [(r.line, r.fields["text"]) for r in read_all(path)] == expected
 
 
-def test_text_file_read_in_small_chunks_equals_one_chunk(shared_data):
-    path = shared_data / "pretrain/fever.txt"
-    assert len(survey_file(str(path), chunk_bytes=4096).chunks) > 50
-    assert read_all(path, chunk_bytes=4096) == read_all(path)
-
-
-def test_chunk_first_line_counts_the_newlines_before_it(shared_data):
-    path = shared_data / "pretrain/c4_demo.jsonl"
-    data = path.read_bytes()
-    chunks = survey_file(str(path), chunk_bytes=10_000).chunks
-    assert [c.first_line for c in chunks] == [data.count(b"\n", 0, c.start) + 1 for c in chunks]
-    assert all(data[c.start - 1:c.start] == b"\n" for c in chunks[1:])
-    assert chunks[-1].end == len(data) and all(a.end == b.start for a, b in itertools.pairwise(chunks))
-
-
-def test_chunk_boundaries_are_the_same_on_every_survey(shared_data):
-    path = str(shared_data / "sft/sharegpt_zh_1K_format.jsonl")
-    assert survey_file(path, chunk_bytes=50_000) == survey_file(path, chunk_bytes=50_000)
-
-
-def test_survey_records_size_and_sha256_of_the_file_bytes(shared_data):
-    path = shared_data / "sft/alpaca_zh_demo.json"
-    survey = survey_file(str(path))
-    assert survey.size == path.stat().st_size
-    assert survey.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_jsonl_gives_one_object_per_line(shared_data):
     records = read_all(shared_data / "pretrain/c4_demo.jsonl")
     assert len(records) == 300
     assert all(isinstance(r.fields["text"], str) and r.error is None for r in records)
-
-
-def test_json_file_that_holds_json_lines_is_read_as_jsonl(shared_data):
-    path = shared_data / "sft/AdvertiseGen_dev.json"
-    assert survey_file(str(path)).format == "jsonl"
-    assert [sorted(r.fields) for r in read_all(path)] == [["content", "summary"]] * 200
 
 
 def test_crlf_json_array_gives_its_objects_without_carriage_returns(shared_data):
@@ -107,43 +42,6 @@ def test_crlf_json_array_gives_its_objects_without_carriage_returns(shared_data)
     assert len(records) == 74 and all(r.error is None for r in records)
     assert records[0].line == 2
     assert "\r" not in json.dumps([r.fields for r in records], ensure_ascii=False).replace("\\r", "\r")
-
-
-# --- encodings --------------------------------------------------------------------------------------
-
-
-def test_utf8_bom_is_detected_and_kept_out_of_the_first_record(tmp_path):
-    path = write(tmp_path, "bom.txt", "\ufeff第一行\nsecond\n".encode())
-    survey = survey_file(str(path))
-    assert survey.encoding == "utf-8-sig"
-    assert [r.fields["text"] for r in read_all(path)] == ["第一行", "second"]
-
-
-def test_gb18030_text_file_is_detected_and_read_right(tmp_path):
-    lines = ["发热是常见症状。", "体温超过37.3℃即为发热。", "𠀀 needs four bytes in GB18030."]
-    path = write(tmp_path, "zh.txt", "\n".join(lines).encode("gb18030"))
-    assert survey_file(str(path)).encoding == "gb18030"
-    assert [r.fields["text"] for r in read_all(path)] == lines
-
-
-def test_utf8_file_with_a_few_broken_lines_stays_utf8_and_flags_them(tmp_path):
-    good = [f"第{i}行：发热的病因与诊断。" for i in range(50)]
-    data = "\n".join(good).encode() + b"\nbroken \xb7\xa2\xc8\xc8 \xff\n" + "最后一行\n".encode()
-    path = write(tmp_path, "mixed.txt", data)
-    records = read_all(path)
-    assert survey_file(str(path)).encoding == "utf-8"
-    assert [(r.line, r.error) for r in records if r.error] == [(51, "undecodable bytes as utf-8")]
-    assert records[-1].fields == {"text": "最后一行"} and records[-1].line == 52
-
-
-def test_encoding_is_the_one_that_decodes_more_lines_of_the_whole_file(tmp_path):
-    def lines(count):  # ~40 bytes a line, so both files span several 1 MiB read blocks
-        return "".join(f"第{i}行：发热的病因与诊断，体温升高。\n" for i in range(count))
-
-    gbk_then_more_utf8 = lines(30_000).encode("gbk") + lines(60_000).encode()
-    gbk_then_less_utf8 = lines(60_000).encode("gbk") + lines(30_000).encode()
-    assert detect_encoding(str(write(tmp_path, "a.txt", gbk_then_more_utf8))) == "utf-8"
-    assert detect_encoding(str(write(tmp_path, "b.txt", gbk_then_less_utf8))) == "gb18030"
 
 
 def test_carriage_returns_become_newlines_in_text_records(tmp_path):
@@ -222,42 +120,3 @@ def test_paragraphs_split_on_blank_lines_and_start_at_their_first_line(tmp_path)
     assert [(r.line, r.fields["text"]) for r in records] == [
         (2, "first para\nstill first"), (6, "second"), (9, "third\nend")
     ]
-
-
-def test_paragraph_chunks_start_after_a_blank_line_and_read_the_same(tmp_path):
-    paragraphs = [f"段落{i}\n" + "内容 " * (i % 7 + 1) + "\n" + ("\n" * (i % 3)) for i in range(300)]
-    path = write(tmp_path, "paras.md", "\n".join(paragraphs).encode())
-    chunks = survey_file(str(path), chunk_bytes=500, text_unit="paragraph").chunks
-    data = path.read_bytes()
-    assert len(chunks) > 10
-    assert all(data[:c.start].endswith(b"\n\n") for c in chunks[1:])
-    assert read_all(path, text_unit="paragraph", chunk_bytes=500) == read_all(path, text_unit="paragraph")
-
-
-# --- parquet and whole-file failures ------------------------------------------------------------------
-
-
-def test_parquet_gives_one_chunk_per_row_group_numbering_rows_across_the_file(tmp_path):
-    path = tmp_path / "rows.parquet"
-    pq.write_table(pa.table({"text": [f"row {i}\r\n" for i in range(10)]}), path, row_group_size=4)
-    survey = survey_file(str(path))
-    assert [(c.start, c.end, c.first_line) for c in survey.chunks] == [(0, 1, 1), (1, 2, 5), (2, 3, 9)]
-    records = [r for c in survey.chunks for r in read_chunk(c)]
-    assert [(r.line, r.fields["text"]) for r in records] == [(i + 1, f"row {i}\n") for i in range(10)]
-
-
-def test_missing_file_raises_unreadable_file_naming_the_path(tmp_path):
-    path = str(tmp_path / "nowhere.jsonl")
-    with pytest.raises(UnreadableFile, match="nowhere.jsonl"):
-        survey_file(path)
-
-
-def test_corrupt_parquet_raises_unreadable_file(tmp_path):
-    path = write(tmp_path, "broken.parquet", b"not a parquet file at all")
-    with pytest.raises(UnreadableFile, match="broken.parquet"):
-        survey_file(str(path))
-
-
-def test_unknown_extension_raises_value_error_naming_the_file():
-    with pytest.raises(ValueError, match=r"notes\.docx.*set format: explicitly"):
-        infer_format("/data/notes.docx")

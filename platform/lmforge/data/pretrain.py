@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
 from ray.data.aggregate import Count, Sum
+from ray.data.expressions import col
 
 from lmforge.config import PretrainDataConfig
 from lmforge.data.clean import clean_text, rejection_reason
 from lmforge.data.dedup_dataset import DuplicateReport, find_duplicates
 from lmforge.data.mixing import copies_per_document, mixture_factors
+from lmforge.data.packing import Piece, pack_group, pieces_to_table, stitch_fragments
 from lmforge.data.pretrain_outputs import (
     reconcile_counts,
     reset_output_dir,
@@ -31,13 +34,22 @@ from lmforge.data.pretrain_outputs import (
     write_quarantine,
     write_shards,
 )
-from lmforge.data.packing import Piece, pack_group, pieces_to_table, stitch_fragments
-from lmforge.data.sources import LINE_BITS, PlannedChunk, list_source_files, plan_chunks, read_records
-from lmforge.data.sources import survey_source_file
+from lmforge.data.sources import (
+    LINE_BITS,
+    PlannedChunk,
+    SourceFile,
+    list_source_files,
+    plan_chunks,
+    read_records,
+    survey_source_file,
+)
 from lmforge.data.tokenize import DocumentTokenizer, load_fast_tokenizer
 from lmforge.data.tokenizer import tokenizer_identity
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
+
+if TYPE_CHECKING:
+    from lmforge.data.survey import FileSurvey
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +66,11 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     init_ray(cfg.ray)
 
     survey = ray.remote(num_cpus=1)(survey_source_file)
-    chunk_bytes = int(cfg.read.chunk_mb * 1024**2)
+    chunk_bytes = read_chunk_bytes(files, cfg)
     surveys = ray.get([survey.remote(f, chunk_bytes) for f in files])
     chunks = plan_chunks(files, surveys)
     docs = read_documents(chunks, cfg).materialize()
-    kept = docs.filter(expr="status == 'ok'")
+    kept = docs.filter(expr=col("status") == "ok")
     duplicates = find_duplicates(kept, cfg.dedup, cfg.seed, cfg.workers)
     tokenized = tokenize_documents(kept, duplicates.removed, cfg).materialize()
 
@@ -82,13 +94,7 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     manifest = Manifest(
         stage="prepare-pretrain",
         config=cfg.model_dump(),
-        inputs=[
-            {"source": f.source.name, "path": str(Path(f.path).resolve())}
-            | ({"error": s} if isinstance(s, str) else
-               {"size": s.size, "sha256": s.sha256, "encoding": s.encoding, "format": s.format,
-                "chunks": len(s.chunks)})
-            for f, s in zip(files, surveys)
-        ],
+        inputs=[_input_record(f, s) for f, s in zip(files, surveys)],
         outputs={
             "dir": str(out.resolve()),
             "shards": shards,
@@ -105,6 +111,20 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     )
     manifest.write(out)
     return manifest
+
+
+def _input_record(file: SourceFile, survey: FileSurvey | str) -> dict:
+    record = {"source": file.source.name, "path": str(Path(file.path).resolve())}
+    if isinstance(survey, str):
+        return record | {"error": survey}
+    return record | {"size": survey.size, "sha256": survey.sha256, "encoding": survey.encoding,
+                     "format": survey.format, "chunks": len(survey.chunks)}
+
+
+def read_chunk_bytes(files: list, cfg: PretrainDataConfig) -> int:
+    """Chunk size: at most read.chunk_mb, and small enough that every worker gets a few chunks."""
+    total = sum(Path(f.path).stat().st_size for f in files)
+    return max(1024**2, min(int(cfg.read.chunk_mb * 1024**2), total // (4 * cfg.workers)))
 
 
 def read_documents(chunks: list[PlannedChunk], cfg: PretrainDataConfig) -> ray.data.Dataset:
@@ -193,9 +213,9 @@ def pack_documents(mixed: ray.data.Dataset, block_size: int, workers: int) -> Pa
     pieces = mixed.groupby("group").map_groups(
         pack_group, batch_format="pyarrow", fn_kwargs={"group_offsets": group_offsets, "block_size": block_size},
     ).materialize()
-    whole_blocks = pieces.filter(expr="whole")
+    whole_blocks = pieces.filter(expr=col("whole"))
     fragments = [Piece(r["block"], r["offset"], np.asarray(r["input_ids"], np.int32), np.asarray(r["doc_lens"], np.int32))
-                 for r in pieces.filter(expr="not whole").take_all()]
+                 for r in pieces.filter(expr=~col("whole")).take_all()]
     stitched, remainder = stitch_fragments(fragments, block_size)
     blocks = whole_blocks.union(ray.data.from_arrow(pieces_to_table(stitched))) if stitched else whole_blocks
     return PackedBlocks(blocks, (total - remainder) // block_size, remainder)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
+from ray.data.expressions import col
 
 from lmforge.config import SourceConfig
 from lmforge.data.dedup import DuplicateClusters
@@ -69,7 +70,7 @@ def write_quarantine(docs: ray.data.Dataset, files: list[SourceFile], surveys: l
             if isinstance(survey, str):
                 sink.write(_json({"source": file.source.name, "file": file.path, "line": 0, "reason": survey}))
                 written += 1
-        bad = docs.filter(expr="status == 'quarantined'").select_columns(["key", "source", "line", "reason", "raw"])
+        bad = docs.filter(expr=col("status") == "quarantined").select_columns(["key", "source", "line", "reason", "raw"])
         if bad.count():
             for row in bad.sort("key").iter_rows():
                 sink.write(_json({

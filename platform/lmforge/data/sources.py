@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.config import ConfigError, SourceConfig
-from lmforge.data.readers import FileChunk, FileSurvey, UnreadableFile, read_chunk, survey_file
+from lmforge.data.readers import read_chunk
+from lmforge.data.survey import FileChunk, FileSurvey, UnreadableFile, survey_file
 from lmforge.data.templates import RecordError, render_text
 
 LINE_BITS = 40
