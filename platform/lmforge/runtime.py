@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import ray
 import ray.data
 
+import lmforge
 from lmforge.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -18,8 +21,11 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     kwargs = {}
-    if cfg.address:
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        # Workers on the cluster import the same lmforge code as this driver (a submitted job's
+        # working dir), not whatever version the nodes have installed.
         kwargs["address"] = cfg.address
+        kwargs["runtime_env"] = {"py_modules": [str(Path(lmforge.__file__).parent)]}
     else:  # only a new local Ray takes resource sizes; Ray ignores them when RAY_ADDRESS joins a cluster
         if cfg.num_cpus:
             kwargs["num_cpus"] = cfg.num_cpus

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -11,6 +12,9 @@ from transformers import AutoTokenizer
 
 def load_fast_tokenizer(path: str):
     """AutoTokenizer from a local directory; it must be a fast tokenizer with an EOS token."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer: {path} is not a directory; point it at a local model or "
+                                "tokenizer directory (or run `lmforge train-tokenizer` first)")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not tokenizer.is_fast:
         raise ValueError(f"tokenizer {path}: a fast (Rust) tokenizer is needed, got {type(tokenizer).__name__}")
