@@ -43,7 +43,7 @@ from lmforge.data.sources import (
     read_records,
     survey_source_file,
 )
-from lmforge.data.tokenize import DocumentTokenizer, load_fast_tokenizer
+from lmforge.data.tokenize import DocumentTokenizer, TokenizerSpec
 from lmforge.data.tokenizer import tokenizer_identity
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
@@ -61,7 +61,7 @@ DOC_SCHEMA = pa.schema([
 
 def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     files = list_source_files(cfg.sources)  # path and tokenizer errors stop us before any work
-    load_fast_tokenizer(cfg.tokenizer)
+    tokenizer = TokenizerSpec.from_directory(cfg.tokenizer, add_bos=cfg.pack.add_bos)
     out = reset_output_dir(cfg.output_dir)
     init_ray(cfg.ray)
 
@@ -72,7 +72,7 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     docs = read_documents(chunks, cfg).materialize()
     kept = docs.filter(expr=col("status") == "ok")
     duplicates = find_duplicates(kept, cfg.dedup, cfg.seed, cfg.workers)
-    tokenized = tokenize_documents(kept, duplicates.removed, cfg).materialize()
+    tokenized = tokenize_documents(kept, duplicates.removed, tokenizer, cfg).materialize()
 
     kept_stats = _per_source(tokenized)
     factors = mixture_factors(
@@ -149,18 +149,16 @@ def _read_and_clean(batch: dict, chunks: list[PlannedChunk], cfg: PretrainDataCo
     return pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
 
 
-def tokenize_documents(kept: ray.data.Dataset, removed: np.ndarray, cfg: PretrainDataConfig) -> ray.data.Dataset:
+def tokenize_documents(
+    kept: ray.data.Dataset, removed: np.ndarray, tokenizer: TokenizerSpec, cfg: PretrainDataConfig
+) -> ray.data.Dataset:
     """Documents that survived dedup, as token ids ending in EOS (columns key, chunk, source, input_ids, n_tokens)."""
     survivors = kept.select_columns(["key", "chunk", "source", "text"]).map_batches(
         _drop_keys, batch_format="pyarrow", fn_kwargs={"removed": removed}
     )
     return survivors.map_batches(
         DocumentTokenizer,
-        fn_constructor_kwargs={
-            "tokenizer_path": cfg.tokenizer,
-            "add_bos": cfg.pack.add_bos,
-            "threads": cfg.tokenize.threads_per_worker,
-        },
+        fn_constructor_kwargs={"spec": tokenizer, "threads": cfg.tokenize.threads_per_worker},
         batch_size=cfg.tokenize.batch_size,
         batch_format="pyarrow",
         concurrency=cfg.workers,

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from transformers import AutoTokenizer
 
 
 def load_fast_tokenizer(path: str):
     """AutoTokenizer from a local directory; it must be a fast tokenizer with an EOS token."""
+    from transformers import AutoTokenizer  # slow to import: only where a full tokenizer is needed
+
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer: {path} is not a directory; point it at a local model or "
                                 "tokenizer directory (or run `lmforge train-tokenizer` first)")
@@ -23,20 +25,35 @@ def load_fast_tokenizer(path: str):
     return tokenizer
 
 
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a tokenizing worker needs: the Rust tokenizer's JSON and the special ids (no transformers import)."""
+
+    backend_json: str
+    eos_id: int
+    bos_id: int | None
+
+    @classmethod
+    def from_directory(cls, path: str, add_bos: bool = False) -> TokenizerSpec:
+        tokenizer = load_fast_tokenizer(path)
+        if add_bos and tokenizer.bos_token_id is None:
+            raise ValueError(f"tokenizer {path}: add_bos is set but it has no BOS token")
+        return cls(tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id,
+                   tokenizer.bos_token_id if add_bos else None)
+
+
 class DocumentTokenizer:
     """Ray Data callable class: `text` -> `input_ids` (list<int32>, ending in EOS) and `n_tokens`."""
 
-    def __init__(self, tokenizer_path: str, add_bos: bool = False, threads: int = 1):
+    def __init__(self, spec: TokenizerSpec, threads: int = 1):
         # The Rust tokenizer sizes its thread pool from these on first use; one thread per actor
         # lets Ray's worker count decide the parallelism instead of oversubscribing the cores.
         os.environ["RAYON_NUM_THREADS"] = str(threads)
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
-        tokenizer = load_fast_tokenizer(tokenizer_path)
-        self._backend = tokenizer.backend_tokenizer
-        self._eos = tokenizer.eos_token_id
-        self._bos = tokenizer.bos_token_id if add_bos else None
-        if add_bos and self._bos is None:
-            raise ValueError(f"tokenizer {tokenizer_path}: add_bos is set but it has no BOS token")
+        from tokenizers import Tokenizer
+
+        self._backend = Tokenizer.from_str(spec.backend_json)
+        self._eos, self._bos = spec.eos_id, spec.bos_id
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lmforge.config import TokenizerTrainConfig
 from lmforge.data.sources import iter_source_texts
+from lmforge.data.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
 
 # The original recipe's format: "User: q</s>\n Assistant: a</s>\n User: ..." (a space after the
@@ -33,6 +33,8 @@ CLASSIC_CHAT_TEMPLATE = (
 
 def train_tokenizer(cfg: TokenizerTrainConfig) -> Manifest:
     """Learn a byte-level BPE vocabulary from the sources and save it to `cfg.output_dir`."""
+    from transformers import PreTrainedTokenizerFast  # slow to import: kept out of Ray workers' imports
+
     specials = [cfg.unk_token, cfg.bos_token, cfg.eos_token, cfg.pad_token]
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -73,7 +75,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Manifest:
 
 def tokenizer_identity(path: str | Path) -> dict:
     """What identifies a tokenizer in a manifest: its path, vocabulary, special ids, file hash."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = load_fast_tokenizer(str(path))
     tokenizer_json = Path(path) / "tokenizer.json"
     digest = hashlib.sha256(tokenizer_json.read_bytes()).hexdigest() if tokenizer_json.is_file() else None
     return {
