@@ -187,6 +187,90 @@ class PretrainDataConfig(StrictModel):
 
 
 # ---------------------------------------------------------------------------------------------
+# prepare-sft
+
+SFTRecordFormat = Literal["auto", "alpaca", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa"]
+
+
+class SFTSourceConfig(StrictModel):
+    """One SFT dataset: files, their record schema, and its mixture weight."""
+
+    name: str | None = Field(None, description="Name in reports; default: the first path's file stem.")
+    path: list[str] = Field(description="File paths or globs (a single string is accepted).")
+    format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
+        None, description="File format; default: from the extension."
+    )
+    encoding: str | None = Field(None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030).")
+    record_format: SFTRecordFormat = Field(
+        "auto",
+        description="Record schema: alpaca, sharegpt, chatglm3, openai, advertisegen, medical_csv, qa; "
+        "auto detects it per file from the first record.",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Schema field -> record field for other datasets, e.g. {instruction: prompt, output: answer}.",
+    )
+    system: str | None = Field(None, description="System prompt for records that carry none.")
+    weight: float = Field(1.0, gt=0, description="Relative share of this dataset in the output tokens.")
+
+    @property
+    def text_unit(self) -> str:  # SFT records are never blank-line paragraphs
+        return "line"
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_name(self) -> SFTSourceConfig:
+        if not self.path:
+            raise ValueError("path: give at least one file or glob")
+        if self.name is None:
+            self.name = Path(self.path[0]).stem or "dataset"
+        return self
+
+
+class SFTPackConfig(StrictModel):
+    mode: Literal["packed", "padded"] = Field(
+        "packed", description="packed: several samples per row (best-fit decreasing); padded: one sample per row."
+    )
+    group_size: int = Field(
+        20000, ge=1, description="Samples packed together on one worker; larger packs tighter."
+    )
+
+
+class SFTDataConfig(StrictModel):
+    """`lmforge prepare-sft`: SFT datasets -> label-masked, deduplicated, mixed, packed samples."""
+
+    sources: list[SFTSourceConfig] = Field(description="Input datasets.")
+    tokenizer: str = Field(description="Local tokenizer or model directory (AutoTokenizer).")
+    output_dir: str = Field(description="Where shards, manifest.json and quarantine.jsonl go.")
+    template: Literal["classic", "tokenizer"] = Field(
+        "classic",
+        description="classic: 'User: q</s>\\n Assistant: a</s>'; tokenizer: the tokenizer's own chat_template.",
+    )
+    max_length: int = Field(1024, ge=16, description="Tokens per training row; longer conversations keep whole turns.")
+    workers: int = Field(2, ge=1, description="Parallel Ray workers for each step.")
+    seed: int = Field(0, description="Seeds MinHash and mixture sampling: same seed, same output.")
+    read: ReadConfig = Field(default_factory=ReadConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    pack: SFTPackConfig = Field(default_factory=SFTPackConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> SFTDataConfig:
+        names = [s.name for s in self.sources]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"sources: names must be unique, repeated: {duplicated} (set name:)")
+        if not self.sources:
+            raise ValueError("sources: give at least one dataset")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
 # Loading
 
 Model = TypeVar("Model", bound=BaseModel)

@@ -11,6 +11,7 @@ import glob
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmforge.config import ConfigError, SourceConfig
 from lmforge.data.readers import read_chunk
@@ -80,8 +81,12 @@ def plan_chunks(files: list[SourceFile], surveys: list[FileSurvey | str]) -> lis
     return chunks
 
 
-def read_records(planned: PlannedChunk) -> Iterator[dict]:
-    """Rows of one chunk: the rendered text, or status 'quarantined' with the reason."""
+def read_records(planned: PlannedChunk, convert: Callable[[dict, Any], str] = render_text) -> Iterator[dict]:
+    """Rows of one chunk: `convert(fields, source)` as text, or status 'quarantined' with the reason.
+
+    `convert` raises RecordError for a record it cannot use (pretraining renders text; SFT builds
+    a conversation and stores its JSON).
+    """
     source = planned.source
     for record in read_chunk(planned.chunk, text_unit=source.text_unit):
         row = {
@@ -97,7 +102,7 @@ def read_records(planned: PlannedChunk) -> Iterator[dict]:
         error = record.error
         if error is None:
             try:
-                row["text"] = render_text(record.fields, source)
+                row["text"] = convert(record.fields, source)
             except RecordError as exc:
                 error = str(exc)
         if error is not None:
