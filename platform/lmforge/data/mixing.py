@@ -8,6 +8,8 @@ so the same seed always selects the same documents (up- and down-sampling alike)
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import ray.data
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -29,6 +31,23 @@ def copies_per_document(keys: np.ndarray, factor: float, seed: int) -> np.ndarra
     whole = np.floor(factor)
     uniform = _uniform(keys.astype(np.uint64), seed)
     return (whole + (uniform < factor - whole)).astype(np.int64)
+
+
+def repeat_by_mixture(ds: ray.data.Dataset, factors: dict[str, float], seed: int) -> ray.data.Dataset:
+    """Each row repeated per its `source`'s factor (rows need `key`); column `copy` numbers the copies from 0."""
+    return ds.map_batches(_repeat_rows, batch_format="pyarrow", fn_kwargs={"factors": factors, "seed": seed})
+
+
+def _repeat_rows(batch: pa.Table, factors: dict[str, float], seed: int) -> pa.Table:
+    keys = batch.column("key").to_numpy()
+    sources = np.asarray(batch.column("source").to_pylist(), dtype=object)
+    copies = np.zeros(len(keys), dtype=np.int64)
+    for name in set(sources):
+        mask = sources == name
+        copies[mask] = copies_per_document(keys[mask], factors[name], seed)
+    rows = np.repeat(np.arange(len(keys)), copies)
+    copy_index = np.arange(rows.size) - np.repeat(np.cumsum(copies) - copies, copies)
+    return batch.take(pa.array(rows, pa.int64())).append_column("copy", pa.array(copy_index, pa.int64()))
 
 
 def _uniform(keys: np.ndarray, seed: int) -> np.ndarray:

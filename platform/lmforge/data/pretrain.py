@@ -11,31 +11,35 @@ read = kept + filtered + exact duplicates + near duplicates + quarantined.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import ray.data
-from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
 from lmforge.config import PretrainDataConfig
-from lmforge.data.clean import clean_text, rejection_reason
-from lmforge.data.dedup_dataset import DuplicateReport, find_duplicates
-from lmforge.data.mixing import copies_per_document, mixture_factors
-from lmforge.data.packing import Piece, pack_group, pieces_to_table, stitch_fragments
-from lmforge.data.pretrain_outputs import (
+from lmforge.data.accounting import (
+    drop_keys,
+    per_source_totals,
     reconcile_counts,
+    removed_by_source,
     reset_output_dir,
+    status_counts,
     write_duplicate_sample,
     write_quarantine,
-    write_shards,
 )
+from lmforge.data.clean import clean_text, rejection_reason
+from lmforge.data.dedup_dataset import find_duplicates
+from lmforge.data.mixing import mixture_factors, repeat_by_mixture
+from lmforge.data.packing import Piece, pack_group, pieces_to_table, stitch_fragments
 from lmforge.data.sources import (
-    LINE_BITS,
     PlannedChunk,
     SourceFile,
     list_source_files,
@@ -62,7 +66,7 @@ DOC_SCHEMA = pa.schema([
 def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     files = list_source_files(cfg.sources)  # path and tokenizer errors stop us before any work
     tokenizer = TokenizerSpec.from_directory(cfg.tokenizer, add_bos=cfg.pack.add_bos)
-    out = reset_output_dir(cfg.output_dir)
+    out = reset_output_dir(cfg.output_dir, "blocks-*.parquet")
     init_ray(cfg.ray)
 
     survey = ray.remote(num_cpus=1)(survey_source_file)
@@ -74,7 +78,7 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     duplicates = find_duplicates(kept, cfg.dedup, cfg.seed, cfg.workers)
     tokenized = tokenize_documents(kept, duplicates.removed, tokenizer, cfg).materialize()
 
-    kept_stats = _per_source(tokenized)
+    kept_stats = per_source_totals(tokenized)
     factors = mixture_factors(
         {s: int(v["tokens"]) for s, v in kept_stats.items()},
         {s.name: s.weight for s in cfg.sources},
@@ -86,8 +90,8 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
 
     source_of_file = [f.source.name for f in files]
     counts = reconcile_counts(
-        cfg.sources, _status_counts(docs, surveys, source_of_file), _removed_by_source(duplicates, source_of_file),
-        kept_stats, factors, _per_source(mixed),
+        cfg.sources, status_counts(docs, surveys, source_of_file), removed_by_source(duplicates, source_of_file),
+        kept_stats, factors, per_source_totals(mixed),
     )
     write_quarantine(docs, files, surveys, out / "quarantine.jsonl")
     write_duplicate_sample(docs, duplicates.clusters, files, out / "dedup_clusters.jsonl")
@@ -154,7 +158,7 @@ def tokenize_documents(
 ) -> ray.data.Dataset:
     """Documents that survived dedup, as token ids ending in EOS (columns key, chunk, source, input_ids, n_tokens)."""
     survivors = kept.select_columns(["key", "chunk", "source", "text"]).map_batches(
-        _drop_keys, batch_format="pyarrow", fn_kwargs={"removed": removed}
+        drop_keys, batch_format="pyarrow", fn_kwargs={"removed": removed}
     )
     return survivors.map_batches(
         DocumentTokenizer,
@@ -165,33 +169,16 @@ def tokenize_documents(
     )
 
 
-def _drop_keys(batch: pa.Table, removed: np.ndarray) -> pa.Table:
-    return batch.filter(pa.array(~np.isin(batch.column("key").to_numpy(), removed)))
-
-
 def mix_documents(tokenized: ray.data.Dataset, factors: dict[str, float], seed: int, num_chunks: int):
-    """Each document repeated per its source's factor; copy p of a document goes to pass p.
+    """Documents repeated per their source's factor, with the order packing cuts blocks in.
 
-    `group` = pass * num_chunks + chunk orders the output: all first copies in corpus order, then
-    the second copies of up-sampled sources, and so on; packing cuts blocks in that order.
+    `group` = copy * num_chunks + chunk: all first copies in corpus order, then the second copies
+    of up-sampled sources, and so on.
     """
-    return tokenized.map_batches(
-        _expand, batch_format="pyarrow", fn_kwargs={"factors": factors, "seed": seed, "num_chunks": num_chunks}
+    return repeat_by_mixture(tokenized, factors, seed).map_batches(
+        lambda t: t.append_column("group", pc.add(pc.multiply(t.column("copy"), num_chunks), t.column("chunk"))),
+        batch_format="pyarrow",
     )
-
-
-def _expand(batch: pa.Table, factors: dict[str, float], seed: int, num_chunks: int) -> pa.Table:
-    keys = batch.column("key").to_numpy()
-    sources = np.asarray(batch.column("source").to_pylist(), dtype=object)
-    copies = np.zeros(len(keys), dtype=np.int64)
-    for name in set(sources):
-        mask = sources == name
-        copies[mask] = copies_per_document(keys[mask], factors[name], seed)
-    rows = np.repeat(np.arange(len(keys)), copies)
-    passes = np.arange(rows.size) - np.repeat(np.cumsum(copies) - copies, copies)
-    expanded = batch.take(pa.array(rows, pa.int64()))
-    group = passes * num_chunks + expanded.column("chunk").to_numpy()
-    return expanded.append_column("group", pa.array(group, pa.int64()))
 
 
 class PackedBlocks:
@@ -219,30 +206,31 @@ def pack_documents(mixed: ray.data.Dataset, block_size: int, workers: int) -> Pa
     return PackedBlocks(blocks, (total - remainder) // block_size, remainder)
 
 
-def _per_source(ds: ray.data.Dataset) -> dict[str, dict[str, int]]:
-    frame = ds.groupby("source").aggregate(Count(), Sum("n_tokens")).to_pandas()
-    return {row["source"]: {"documents": int(row["count()"]), "tokens": int(row["sum(n_tokens)"])}
-            for _, row in frame.iterrows()}
+def write_shards(blocks: ray.data.Dataset, out: Path, blocks_per_shard: int) -> list[dict]:
+    """Write blocks, in block order, to `blocks-NNNNN.parquet` files of `blocks_per_shard` blocks each.
+
+    Workers write their shards in parallel; names and bytes depend only on the blocks, so the
+    same input and config give byte-identical shards.
+    """
+    with_shard = blocks.map_batches(
+        lambda t: t.append_column("shard", pc.divide(t.column("block"), blocks_per_shard)),
+        batch_format="pyarrow",
+    )
+    written = with_shard.groupby("shard").map_groups(
+        _write_shard, batch_format="pyarrow", fn_kwargs={"out_dir": str(out)}
+    )
+    return sorted(written.take_all(), key=lambda row: row["shard"])
 
 
-def _status_counts(docs: ray.data.Dataset, surveys: list, source_of_file: list[str]) -> dict[str, dict[str, int]]:
-    frame = docs.groupby(["source", "status"]).count().to_pandas()
-    counts: dict[str, dict[str, int]] = {}
-    for _, row in frame.iterrows():
-        counts.setdefault(row["source"], {})[row["status"]] = int(row["count()"])
-    for name, survey in zip(source_of_file, surveys):
-        if isinstance(survey, str):  # an unreadable file is one quarantined record
-            per_source = counts.setdefault(name, {})
-            per_source["quarantined"] = per_source.get("quarantined", 0) + 1
-    return counts
-
-
-def _removed_by_source(duplicates: DuplicateReport, source_of_file: list[str]) -> dict[str, dict[str, int]]:
-    names = np.asarray(source_of_file, dtype=object)
-    exact = np.isin(duplicates.removed, duplicates.exact_removed)
-    counts: dict[str, dict[str, int]] = {}
-    for kind, keys in (("exact_duplicates", duplicates.removed[exact]), ("near_duplicates", duplicates.removed[~exact])):
-        sources, n = np.unique(names[keys >> LINE_BITS], return_counts=True) if keys.size else ([], [])
-        for name, count in zip(sources, n):
-            counts.setdefault(name, {})[kind] = int(count)
-    return counts
+def _write_shard(group: pa.Table, out_dir: str) -> pa.Table:
+    group = group.sort_by("block")
+    shard = group.column("shard")[0].as_py()
+    blocks = group.column("block").to_numpy()
+    if blocks.size and not np.array_equal(blocks, np.arange(blocks[0], blocks[0] + blocks.size)):
+        raise RuntimeError(f"shard {shard}: blocks are not contiguous ({blocks[:5]}...)")
+    name = f"blocks-{shard:05d}.parquet"
+    path = Path(out_dir) / name
+    pq.write_table(group.select(["block", "input_ids", "doc_lens"]), path, compression="zstd")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return pa.table({"shard": [shard], "file": [name], "blocks": [blocks.size],
+                     "first_block": [int(blocks[0]) if blocks.size else 0], "sha256": [digest]})

@@ -1,65 +1,36 @@
-"""What prepare-pretrain writes besides the manifest: shards, quarantine, duplicate samples, counts."""
+"""What every data stage reports: per-source counts that reconcile, quarantine, duplicate samples.
+
+Per source: read = kept + filtered + exact duplicates + near duplicates + quarantined.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray.data
+from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
-from lmforge.config import SourceConfig
+from lmforge.config import SFTSourceConfig, SourceConfig
 from lmforge.data.dedup import DuplicateClusters
+from lmforge.data.dedup_dataset import DuplicateReport
 from lmforge.data.sources import LINE_BITS, SourceFile
 
-OUTPUT_GLOBS = ("blocks-*.parquet", "manifest.json", "quarantine.jsonl", "dedup_clusters.jsonl")
 EXCERPT = 300
 
 
-def reset_output_dir(path: str) -> Path:
+def reset_output_dir(path: str, shard_glob: str) -> Path:
     """Create the directory; remove a previous run's outputs so no stale shard is ever read."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    for pattern in OUTPUT_GLOBS:
+    for pattern in (shard_glob, "manifest.json", "quarantine.jsonl", "dedup_clusters.jsonl"):
         for old in out.glob(pattern):
             old.unlink() if old.is_file() else shutil.rmtree(old)
     return out
-
-
-def write_shards(blocks: ray.data.Dataset, out: Path, blocks_per_shard: int) -> list[dict]:
-    """Write blocks, in block order, to `blocks-NNNNN.parquet` files of `blocks_per_shard` blocks each.
-
-    Workers write their shards in parallel; names and bytes depend only on the blocks, so the
-    same input and config give byte-identical shards.
-    """
-    with_shard = blocks.map_batches(
-        lambda t: t.append_column("shard", pc.divide(t.column("block"), blocks_per_shard)),
-        batch_format="pyarrow",
-    )
-    written = with_shard.groupby("shard").map_groups(
-        _write_shard, batch_format="pyarrow", fn_kwargs={"out_dir": str(out)}
-    )
-    return sorted(written.take_all(), key=lambda row: row["shard"])
-
-
-def _write_shard(group: pa.Table, out_dir: str) -> pa.Table:
-    group = group.sort_by("block")
-    shard = group.column("shard")[0].as_py()
-    blocks = group.column("block").to_numpy()
-    if blocks.size and not np.array_equal(blocks, np.arange(blocks[0], blocks[0] + blocks.size)):
-        raise RuntimeError(f"shard {shard}: blocks are not contiguous ({blocks[:5]}...)")
-    name = f"blocks-{shard:05d}.parquet"
-    path = Path(out_dir) / name
-    pq.write_table(group.select(["block", "input_ids", "doc_lens"]), path, compression="zstd")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return pa.table({"shard": [shard], "file": [name], "blocks": [blocks.size],
-                     "first_block": [int(blocks[0]) if blocks.size else 0], "sha256": [digest]})
 
 
 def write_quarantine(docs: ray.data.Dataset, files: list[SourceFile], surveys: list, path: Path) -> int:
@@ -103,8 +74,8 @@ def write_duplicate_sample(docs: ray.data.Dataset, clusters: DuplicateClusters, 
 
 
 def reconcile_counts(
-    sources: list[SourceConfig],
-    status_counts: dict[str, dict[str, int]],
+    sources: list[SourceConfig | SFTSourceConfig],
+    statuses_by_source: dict[str, dict[str, int]],
     removed_counts: dict[str, dict[str, int]],
     kept: dict[str, dict[str, int]],
     factors: dict[str, float],
@@ -116,7 +87,7 @@ def reconcile_counts(
     per_source = {}
     for source in sources:
         name = source.name
-        statuses = status_counts.get(name, {})
+        statuses = statuses_by_source.get(name, {})
         filtered = {k.split(":", 1)[1]: v for k, v in sorted(statuses.items()) if k.startswith("filtered:")}
         row = {
             "read": sum(statuses.values()),
@@ -146,3 +117,38 @@ def reconcile_counts(
 
 def _json(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def drop_keys(batch: pa.Table, removed: np.ndarray) -> pa.Table:
+    """Rows whose key is not in the sorted array `removed` (Ray Data map_batches body)."""
+    return batch.filter(pa.array(~np.isin(batch.column("key").to_numpy(), removed)))
+
+
+def per_source_totals(ds: ray.data.Dataset) -> dict[str, dict[str, int]]:
+    """Documents (rows) and tokens (sum of n_tokens) per source."""
+    frame = ds.groupby("source").aggregate(Count(), Sum("n_tokens")).to_pandas()
+    return {row["source"]: {"documents": int(row["count()"]), "tokens": int(row["sum(n_tokens)"])}
+            for _, row in frame.iterrows()}
+
+
+def status_counts(docs: ray.data.Dataset, surveys: list, source_of_file: list[str]) -> dict[str, dict[str, int]]:
+    frame = docs.groupby(["source", "status"]).count().to_pandas()
+    counts: dict[str, dict[str, int]] = {}
+    for _, row in frame.iterrows():
+        counts.setdefault(row["source"], {})[row["status"]] = int(row["count()"])
+    for name, survey in zip(source_of_file, surveys):
+        if isinstance(survey, str):  # an unreadable file is one quarantined record
+            per_source = counts.setdefault(name, {})
+            per_source["quarantined"] = per_source.get("quarantined", 0) + 1
+    return counts
+
+
+def removed_by_source(duplicates: DuplicateReport, source_of_file: list[str]) -> dict[str, dict[str, int]]:
+    names = np.asarray(source_of_file, dtype=object)
+    exact = np.isin(duplicates.removed, duplicates.exact_removed)
+    counts: dict[str, dict[str, int]] = {}
+    for kind, keys in (("exact_duplicates", duplicates.removed[exact]), ("near_duplicates", duplicates.removed[~exact])):
+        sources, n = np.unique(names[keys >> LINE_BITS], return_counts=True) if keys.size else ([], [])
+        for name, count in zip(sources, n):
+            counts.setdefault(name, {})[kind] = int(count)
+    return counts
