@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from datasketch import MinHash
+
 from lmforge.data.dedup import MinHasher
 
 REPO = Path(__file__).resolve().parents[1]

@@ -147,10 +147,10 @@ def _rows(bins: list[list[int]], ids: pa.ListArray, labels: pa.ListArray, length
     """Lay the samples out bin after bin and cut the token stream at the bins' edges."""
     order = np.fromiter((i for b in bins for i in b), np.int64, count=len(lengths))
     sample_lens = lengths[order]
-    sample_starts = np.concatenate([[0], np.cumsum(sample_lens)[:-1]]).astype(np.int64)
+    sample_starts = np.cumsum(sample_lens) - sample_lens
     per_row = np.fromiter((len(b) for b in bins), np.int64, count=len(bins))
     sample_offsets = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)
-    token_offsets = np.concatenate([[0], np.cumsum(sample_lens)])[sample_offsets].astype(np.int32)
+    token_offsets = np.append(sample_starts, sample_lens.sum())[sample_offsets].astype(np.int32)
 
     take = pa.array(order)
     flat_ids = pc.list_flatten(ids.take(take)).to_numpy(zero_copy_only=False).astype(np.int32)
