@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 import yaml
 
-from lmforge.config import ConfigError, PretrainDataConfig, TokenizerTrainConfig, describe_fields, load_config
+from lmforge.config import (
+    ConfigError,
+    PretrainDataConfig,
+    SFTDataConfig,
+    TokenizerTrainConfig,
+    describe_fields,
+    load_config,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,8 @@ STAGES = {
                              "Train a byte-level BPE tokenizer (for demos and tests without downloads)."),
     "prepare-pretrain": Stage(PretrainDataConfig, "lmforge.data.pretrain:run_prepare_pretrain",
                               "Raw corpora -> cleaned, deduplicated, mixed, packed token blocks."),
+    "prepare-sft": Stage(SFTDataConfig, "lmforge.data.sft:run_prepare_sft",
+                         "SFT datasets (alpaca, ShareGPT, ChatGLM3, ...) -> label-masked, packed samples."),
 }
 
 

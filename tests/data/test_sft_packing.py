@@ -121,10 +121,13 @@ def test_a_sample_longer_than_capacity_is_rejected():
         best_fit_decreasing([4, CAPACITY + 1], CAPACITY)
 
 
-def test_repeated_keys_are_rejected():
+def test_copies_of_a_sample_are_packed_as_separate_samples_in_any_order():
     samples = _samples([3, 4])
-    with pytest.raises(ValueError, match="keys repeat"):
-        pack_samples(pa.concat_tables([samples, samples]), CAPACITY, "packed")
+    doubled = pack_samples(pa.concat_tables([samples, samples]), CAPACITY, "packed")
+    assert sorted(k for row in doubled.column("keys").to_pylist() for k in row) == sorted(
+        samples.column("key").to_pylist() * 2)
+    assert doubled.equals(pack_samples(pa.concat_tables([samples.slice(1), samples, samples.slice(0, 1)]),
+                                       CAPACITY, "packed"))
 
 
 def test_utilisation_is_real_tokens_over_rows_times_capacity():

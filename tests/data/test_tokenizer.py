@@ -1,5 +1,6 @@
 """The trained tokenizer loads with AutoTokenizer, round-trips Chinese and renders the classic chat."""
 
+import pytest
 from transformers import AutoTokenizer
 
 from lmforge.data.tokenizer import tokenizer_identity
@@ -25,3 +26,19 @@ def test_identity_names_vocab_and_special_ids(tiny_tokenizer):
     identity = tokenizer_identity(tiny_tokenizer)
     assert identity["vocab_size"] == 2000 and identity["eos_token_id"] is not None
     assert len(identity["tokenizer_json_sha256"]) == 64
+
+
+def test_classic_template_renders_tools_in_the_system_part_and_tool_results_as_observations(tiny_tokenizer):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
+    tools = [{"name": "查询药品", "parameters": {"type": "object"}}]
+    messages = [{"role": "system", "content": "你是医生。"}, {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "call"}, {"role": "tool", "content": "result"}]
+    rendered = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    assert rendered == ('你是医生。\n\n可用工具:\n[{"name": "查询药品", "parameters": {"type": "object"}}]</s>'
+                        "\n User: q</s>\n Assistant: call</s>\n Observation: result</s>\n Assistant: ")
+
+
+def test_classic_template_refuses_an_unknown_role(tiny_tokenizer):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
+    with pytest.raises(Exception, match="unknown role bot"):
+        tokenizer.apply_chat_template([{"role": "bot", "content": "hi"}], tokenize=False)

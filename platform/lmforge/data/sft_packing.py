@@ -113,13 +113,12 @@ def pack_samples(samples: pa.Table, capacity: int, mode: Literal["packed", "padd
 
     Row columns: input_ids, labels, position_ids, boundaries (sample lengths), keys (sample keys).
     Samples in a row run longest first; rows are ordered by their first sample's key. The output
-    depends only on the set of samples: they are sorted by key first. Raises ValueError on a sample
-    longer than `capacity`, on ids and labels of different lengths, and on repeated keys.
+    depends only on the set of samples: they are sorted by key first. A key repeats only for
+    identical copies of a sample (mixture up-sampling), so their order cannot change the output.
+    Raises ValueError on a sample longer than `capacity` and on ids and labels of different lengths.
     """
     samples = samples.sort_by("key")
     keys = samples.column("key").to_numpy()
-    if np.unique(keys).size != keys.size:
-        raise ValueError("pack_samples: sample keys repeat; each sample needs its own key")
     ids = samples.column("input_ids").combine_chunks()
     labels = samples.column("labels").combine_chunks()
     lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)

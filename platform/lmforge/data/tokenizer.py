@@ -18,16 +18,25 @@ from lmforge.data.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
 
 # The original recipe's format: "User: q</s>\n Assistant: a</s>\n User: ..." (a space after the
-# newline and after each colon); the generation prompt is "\n Assistant: ".
+# newline and after each colon); the generation prompt is "\n Assistant: ". A tool's result is
+# "Observation: r</s>"; tools go into the system part as "{system}\n\n可用工具:\n{json}".
+# Plain Jinja (raise_exception and tojson are the globals transformers and vLLM both provide).
 CLASSIC_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if not loop.first %}{{ '\\n ' }}{% endif -%}"
-    "{%- if message['role'] == 'system' -%}{{ message['content'] }}{{ eos_token }}"
-    "{%- elif message['role'] == 'user' -%}{{ 'User: ' }}{{ message['content'] }}{{ eos_token }}"
+    "{%- set has_system = messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] if has_system else '' -%}"
+    "{%- if tools -%}"
+    "{%- set system = (system ~ '\\n\\n' if system else '') ~ '可用工具:\\n' ~ (tools | tojson) -%}"
+    "{%- endif -%}"
+    "{%- if system -%}{{ system }}{{ eos_token }}{%- endif -%}"
+    "{%- for message in (messages[1:] if has_system else messages) -%}"
+    "{%- if system or not loop.first %}{{ '\\n ' }}{% endif -%}"
+    "{%- if message['role'] == 'user' -%}{{ 'User: ' }}{{ message['content'] }}{{ eos_token }}"
     "{%- elif message['role'] == 'assistant' -%}{{ 'Assistant: ' }}{{ message['content'] }}{{ eos_token }}"
+    "{%- elif message['role'] == 'tool' -%}{{ 'Observation: ' }}{{ message['content'] }}{{ eos_token }}"
+    "{%- else -%}{{ raise_exception('classic chat template: unknown role ' ~ message['role']) }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt %}{{ '\\n Assistant: ' if messages else 'Assistant: ' }}{% endif -%}"
+    "{%- if add_generation_prompt %}{{ '\\n Assistant: ' if (system or messages) else 'Assistant: ' }}{% endif -%}"
 )
 
 

@@ -1,0 +1,274 @@
+"""`lmforge prepare-sft`: SFT datasets in any common schema -> label-masked, packed training rows.
+
+    survey files, detect each file's record schema -> read into conversations (a task per chunk)
+      -> dedup instructions (exact + near, on the first user turn) -> render + label (actor pool)
+      -> mixture (repeat / sample per dataset) -> pack (best-fit decreasing, per group)
+      -> rows-NNNNN.parquet + manifest.json + quarantine.jsonl + dedup_clusters.jsonl
+
+Rows hold input_ids, labels (-100 where not trained), position_ids (restarting per sample) and
+boundaries (sample lengths); the manifest records the chat template and EOS, so training,
+convert and serving use the very same ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import ray.data
+from ray.data.aggregate import Count, Sum
+from ray.data.expressions import col
+
+from lmforge.config import SFTDataConfig
+from lmforge.data.accounting import (
+    drop_keys,
+    reconcile_counts,
+    removed_by_source,
+    reset_output_dir,
+    status_counts,
+    write_duplicate_sample,
+    write_quarantine,
+)
+from lmforge.data.chat_render import ChatRenderer, NothingToTrain, SampleTooLong
+from lmforge.data.conversation import Conversation
+from lmforge.data.dedup_dataset import find_duplicates
+from lmforge.data.mixing import mixture_factors, repeat_by_mixture
+from lmforge.data.readers import read_chunk
+from lmforge.data.sft_formats import detect_file_record_format, to_conversation
+from lmforge.data.sft_packing import pack_samples
+from lmforge.data.sources import (
+    PlannedChunk,
+    SourceFile,
+    list_source_files,
+    plan_chunks,
+    read_records,
+    survey_source_file,
+)
+from lmforge.data.tokenize import load_fast_tokenizer
+from lmforge.data.tokenizer import tokenizer_identity
+from lmforge.manifest import Manifest
+from lmforge.runtime import init_ray
+
+CONVERSATION_SCHEMA = pa.schema([
+    ("key", pa.int64()), ("chunk", pa.int64()), ("source", pa.string()), ("line", pa.int64()),
+    ("text", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("raw", pa.string()),
+])
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
+    files = list_source_files(cfg.sources)  # path, tokenizer and template errors stop us before any work
+    renderer = ChatRenderer(load_fast_tokenizer(cfg.tokenizer), cfg.template, cfg.max_length)
+    out = reset_output_dir(cfg.output_dir, "rows-*.parquet")
+    init_ray(cfg.ray)
+
+    survey = ray.remote(num_cpus=1)(survey_source_file)
+    surveys = ray.get([survey.remote(f, int(cfg.read.chunk_mb * 1024**2)) for f in files])
+    files = resolve_record_formats(files, surveys)
+    chunks = plan_chunks(files, surveys)
+    docs = read_conversations(chunks, cfg.workers).materialize()
+    kept = docs.filter(expr=col("status") == "ok")
+    instructions = kept.map_batches(_first_user_turns, batch_format="pyarrow")
+    duplicates = find_duplicates(instructions, cfg.dedup, cfg.seed, cfg.workers)
+    samples = render_samples(kept, duplicates.removed, cfg).materialize()
+    rendered = samples.filter(expr=col("status") == "ok")
+
+    sample_stats = _sample_stats(samples)
+    factors = mixture_factors(
+        {name: s["tokens"] for name, s in sample_stats.items()}, {s.name: s.weight for s in cfg.sources},
+        cfg.mix.total_tokens,
+    )
+    mixed = repeat_by_mixture(rendered, factors, cfg.seed)
+    shards = pack_and_write(mixed, cfg, out)
+
+    source_of_file = [f.source.name for f in files]
+    statuses = status_counts(docs, surveys, source_of_file)
+    for name, stats in sample_stats.items():  # too long, or nothing to train: dropped after rendering
+        for status, count in stats["filtered"].items():
+            statuses[name]["ok"] -= count
+            statuses[name][status] = count
+    counts = reconcile_counts(
+        cfg.sources, statuses, removed_by_source(duplicates, source_of_file),
+        {name: {"documents": s["samples"], "tokens": s["tokens"]} for name, s in sample_stats.items()},
+        factors, _output_stats(mixed),
+    )
+    for name, row in counts["sources"].items():
+        row["truncated"] = sample_stats.get(name, {}).get("truncated", 0)
+        row["trained_tokens"] = sample_stats.get(name, {}).get("trained_tokens", 0)
+    write_quarantine(docs, files, surveys, out / "quarantine.jsonl")
+    write_duplicate_sample(docs, duplicates.clusters, files, out / "dedup_clusters.jsonl")
+
+    totals = {key: sum(s[key] for s in shards) for key in ("rows", "samples", "tokens", "trained_tokens")}
+    manifest = Manifest(
+        stage="prepare-sft",
+        config=cfg.model_dump(),
+        inputs=[{"source": f.source.name, "path": str(Path(f.path).resolve()), "record_format": f.source.record_format}
+                | ({"error": s} if isinstance(s, str) else
+                   {"size": s.size, "sha256": s.sha256, "encoding": s.encoding, "format": s.format})
+                for f, s in zip(files, surveys)],
+        outputs={
+            "dir": str(out.resolve()),
+            "shards": shards,
+            "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
+                        "boundaries": "list<int32>", "keys": "list<int64>"},
+            "max_length": cfg.max_length,
+            "pack_mode": cfg.pack.mode,
+            "template": cfg.template,
+            "chat_template": renderer.chat_template,
+            "eos_token_id": renderer.eos_token_id,
+            **totals,
+            "utilisation": round(totals["tokens"] / max(totals["rows"] * cfg.max_length, 1), 6),
+            "trained_token_share": round(totals["trained_tokens"] / max(totals["tokens"], 1), 6),
+            "tokenizer": tokenizer_identity(cfg.tokenizer),
+            "quarantine": "quarantine.jsonl",
+            "dedup_clusters": "dedup_clusters.jsonl",
+        },
+        counts=counts,
+    )
+    manifest.write(out)
+    return manifest
+
+
+def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[SourceFile]:
+    """Each file's record schema (from the config, or detected from its first readable record)."""
+    detect = ray.remote(num_cpus=1)(_detect_file_format)
+    formats = ray.get([
+        detect.remote(f, s) if f.source.record_format == "auto" and not isinstance(s, str)
+        else f.source.record_format
+        for f, s in zip(files, surveys)
+    ])
+    return [SourceFile(f.file_index, f.source.model_copy(update={"record_format": fmt}), f.path)
+            for f, fmt in zip(files, formats)]
+
+
+def _detect_file_format(file: SourceFile, survey) -> str:
+    first = next((r.fields for chunk in survey.chunks for r in read_chunk(chunk) if r.fields is not None), None)
+    return detect_file_record_format(file.path, first)
+
+
+def read_conversations(chunks: list[PlannedChunk], workers: int) -> ray.data.Dataset:
+    """One row per record: the conversation as JSON, or status quarantined with file, line and reason."""
+    index = ray.data.from_items([{"chunk": c.index} for c in chunks], override_num_blocks=max(len(chunks), 1))
+    return index.map_batches(
+        _read_chunk_conversations, batch_size=1, batch_format="numpy", fn_kwargs={"chunks": chunks},
+        concurrency=workers,
+    )
+
+
+def _read_chunk_conversations(batch: dict, chunks: list[PlannedChunk]) -> pa.Table:
+    rows = [row for i in batch["chunk"] for row in read_records(chunks[int(i)], convert=_conversation_json)]
+    return pa.Table.from_pylist(rows, schema=CONVERSATION_SCHEMA)
+
+
+def _conversation_json(fields: dict, source) -> str:
+    return to_conversation(fields, source.record_format, source.fields, source.system).to_json()
+
+
+def _first_user_turns(batch: pa.Table) -> pa.Table:
+    texts = [Conversation.from_json(t).first_user_turn for t in batch.column("text").to_pylist()]
+    return pa.table({"key": batch.column("key"), "text": pa.array(texts, pa.string())})
+
+
+class SampleRenderer:
+    """Ray Data callable class: conversation JSON -> input_ids, labels (template rendered once per actor)."""
+
+    def __init__(self, tokenizer_path: str, template: str, max_length: int):
+        self._renderer = ChatRenderer(load_fast_tokenizer(tokenizer_path), template, max_length)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids, labels, status, truncated = [], [], [], []
+        for text in batch.column("text").to_pylist():
+            try:
+                sample = self._renderer.render(Conversation.from_json(text))
+            except (SampleTooLong, NothingToTrain) as exc:
+                reason = "too_long" if isinstance(exc, SampleTooLong) else "no_trained_turn"
+                ids.append([]), labels.append([]), status.append(f"filtered:{reason}"), truncated.append(0)
+                continue
+            ids.append(sample.input_ids), labels.append(sample.labels), status.append("ok")
+            truncated.append(int(sample.turns_kept < sample.turns_total))
+        input_ids = pa.array(ids, pa.list_(pa.int32()))
+        label_ids = pa.array(labels, pa.list_(pa.int32()))
+        n_trained = [int((np.asarray(lab) != -100).sum()) for lab in labels]
+        return pa.table({
+            "key": batch.column("key"), "chunk": batch.column("chunk"), "source": batch.column("source"),
+            "input_ids": input_ids, "labels": label_ids,
+            "n_tokens": pc.list_value_length(input_ids).cast(pa.int64()),
+            "n_trained": pa.array(n_trained, pa.int64()),
+            "truncated": pa.array(truncated, pa.int64()), "status": pa.array(status),
+        })
+
+
+def render_samples(kept: ray.data.Dataset, removed: np.ndarray, cfg: SFTDataConfig) -> ray.data.Dataset:
+    survivors = kept.select_columns(["key", "chunk", "source", "text"]).map_batches(
+        drop_keys, batch_format="pyarrow", fn_kwargs={"removed": removed}
+    )
+    return survivors.map_batches(
+        SampleRenderer,
+        fn_constructor_kwargs={"tokenizer_path": cfg.tokenizer, "template": cfg.template,
+                               "max_length": cfg.max_length},
+        batch_size=256, batch_format="pyarrow", concurrency=cfg.workers,
+    )
+
+
+def _sample_stats(samples: ray.data.Dataset) -> dict[str, dict[str, int]]:
+    frame = samples.groupby(["source", "status"]).aggregate(
+        Count(), Sum("n_tokens"), Sum("n_trained"), Sum("truncated")
+    ).to_pandas()
+    stats: dict[str, dict[str, int]] = {}
+    for _, row in frame.iterrows():
+        entry = stats.setdefault(row["source"], {"samples": 0, "tokens": 0, "trained_tokens": 0,
+                                                 "truncated": 0, "filtered": {}})
+        if row["status"] == "ok":
+            entry.update(samples=int(row["count()"]), tokens=int(row["sum(n_tokens)"]),
+                         trained_tokens=int(row["sum(n_trained)"]), truncated=int(row["sum(truncated)"]))
+        else:
+            entry["filtered"][row["status"]] = int(row["count()"])
+    return stats
+
+
+def _output_stats(mixed: ray.data.Dataset) -> dict[str, dict[str, int]]:
+    frame = mixed.groupby("source").aggregate(Count(), Sum("n_tokens")).to_pandas()
+    return {r["source"]: {"documents": int(r["count()"]), "tokens": int(r["sum(n_tokens)"])}
+            for _, r in frame.iterrows()}
+
+
+def pack_and_write(mixed: ray.data.Dataset, cfg: SFTDataConfig, out: Path) -> list[dict]:
+    """Pack samples in groups (a stable hash of key and copy) and write one shard per group."""
+    total = mixed.count()
+    groups = max(1, -(-total // cfg.pack.group_size))
+    grouped = mixed.select_columns(["key", "copy", "input_ids", "labels"]).map_batches(
+        _assign_group, batch_format="pyarrow", fn_kwargs={"groups": groups}
+    )
+    written = grouped.groupby("group").map_groups(
+        _pack_and_write_group, batch_format="pyarrow",
+        fn_kwargs={"out_dir": str(out), "capacity": cfg.max_length, "mode": cfg.pack.mode},
+    )
+    return sorted(written.take_all(), key=lambda row: row["file"])
+
+
+def _assign_group(batch: pa.Table, groups: int) -> pa.Table:
+    with np.errstate(over="ignore"):
+        mixed = (batch.column("key").to_numpy().astype(np.uint64) * _GOLDEN
+                 + batch.column("copy").to_numpy().astype(np.uint64)) * _GOLDEN
+    return batch.append_column("group", pa.array((mixed >> np.uint64(33)) % np.uint64(groups), pa.int64()))
+
+
+def _pack_and_write_group(group: pa.Table, out_dir: str, capacity: int, mode: str) -> pa.Table:
+    group_id = group.column("group")[0].as_py()
+    # copies of one sample share a key and are identical, so their order does not matter
+    rows = pack_samples(group.select(["key", "input_ids", "labels"]), capacity, mode)
+    name = f"rows-{group_id:05d}.parquet"
+    path = Path(out_dir) / name
+    pq.write_table(rows, path, compression="zstd")
+    labels = pc.list_flatten(rows.column("labels")).to_numpy(zero_copy_only=False)
+    return pa.table({
+        "file": [name], "rows": [rows.num_rows], "samples": [group.num_rows],
+        "tokens": [int(pc.sum(pc.list_value_length(rows.column("input_ids"))).as_py() or 0)],
+        "trained_tokens": [int((labels != -100).sum())],
+        "sha256": [hashlib.sha256(path.read_bytes()).hexdigest()],
+    })
