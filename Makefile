@@ -25,7 +25,8 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/lmforge train-tokenizer configs/demo/tokenizer.yaml
 	$(BIN)/lmforge prepare-pretrain configs/demo/pretrain_data.yaml
-	@echo "demo outputs: $(RUNS)/demo (tokenizer/, pretrain_data/ with manifest.json)"
+	$(BIN)/lmforge prepare-sft configs/demo/sft_data.yaml
+	@echo "demo outputs in $(RUNS)/demo: tokenizer/, pretrain_data/, sft_data/ (each with manifest.json)"
 
 test: install
 	$(BIN)/python -m pytest
@@ -35,6 +36,8 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/data_pipeline.py
+	$(BIN)/python bench/sft_packing.py
+	$(BIN)/python bench/minhash.py
 
 clean:
 	rm -rf runs bench/work
