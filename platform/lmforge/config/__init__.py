@@ -1,0 +1,38 @@
+"""Every stage's settings: pydantic models loaded from YAML, with dotted overrides.
+
+`load_config(PretrainDataConfig, "configs/demo/pretrain_data.yaml", ["pack.block_size=2048"])`
+reads the file, expands `${VAR}` / `${VAR:-default}`, applies the overrides and validates;
+unknown keys are errors naming the file, the key and the closest valid key.
+"""
+
+from lmforge.config.base import ConfigError, RayConfig, StrictModel, describe_fields, load_config
+from lmforge.config.data import (
+    CleanConfig,
+    DedupConfig,
+    MixConfig,
+    PackConfig,
+    PretrainDataConfig,
+    ReadConfig,
+    SFTDataConfig,
+    SFTPackConfig,
+    SFTSourceConfig,
+    SourceConfig,
+    TokenizeConfig,
+    TokenizerTrainConfig,
+)
+from lmforge.config.train import (
+    CheckpointConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    TrainDataConfig,
+    ZeroConfig,
+)
+
+__all__ = [
+    "CheckpointConfig", "CleanConfig", "ConfigError", "DedupConfig", "LoraConfig", "MixConfig", "ModelConfig",
+    "OptimConfig", "PackConfig", "PretrainDataConfig", "RayConfig", "ReadConfig", "SFTDataConfig", "SFTPackConfig",
+    "SFTSourceConfig", "SourceConfig", "StrictModel", "TokenizeConfig", "TokenizerTrainConfig", "TrainConfig",
+    "TrainDataConfig", "ZeroConfig", "describe_fields", "load_config",
+]

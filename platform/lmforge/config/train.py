@@ -1,0 +1,112 @@
+"""Settings of the training stages: pretrain and sft (Ray Train + DeepSpeed)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from lmforge.config.base import RayConfig, StrictModel
+
+
+class ModelConfig(StrictModel):
+    path: str | None = Field(None, description="Local Hugging Face model directory to start from.")
+    architecture: Literal["llama", "qwen2", "bloom"] | None = Field(
+        None, description="Build a new model from a config instead (demo, tests, from-scratch runs)."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Model config fields: with architecture, the whole config (hidden_size, ...); "
+        "with path, overrides such as rope_theta, rope_scaling, max_position_embeddings.",
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (larger batches).")
+    trust_remote_code: bool = Field(False, description="Run code shipped in the model directory (off: safe).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.path is None) == (self.architecture is None):
+            raise ValueError("model: give exactly one of path (a local model dir) or architecture (+ config)")
+        return self
+
+
+class TrainDataConfig(StrictModel):
+    dir: str = Field(description="Output directory of prepare-pretrain or prepare-sft (with manifest.json).")
+    eval_rows: int = Field(0, ge=0, description="Rows held out for eval loss / perplexity (taken from the end).")
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(3e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a share of lr (cosine / linear).")
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
+
+
+class ZeroConfig(StrictModel):
+    stage: Literal[0, 1, 2, 3] = Field(3, description="DeepSpeed ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="Optimizer state in CPU RAM (DeepSpeedCPUAdam; compiles once).")
+    offload_params: bool = Field(False, description="ZeRO-3 parameters in CPU RAM.")
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="fp16 needs a GPU.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Raw DeepSpeed config keys merged last (validated by DeepSpeed)."
+    )
+
+
+class LoraConfig(StrictModel):
+    enabled: bool = False
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names to adapt (Bloom: query_key_value, dense).",
+    )
+
+
+class CheckpointConfig(StrictModel):
+    every_steps: int = Field(100, ge=1, description="Save a checkpoint every N steps (and at the end).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept.")
+
+
+class TrainConfig(StrictModel):
+    """`lmforge pretrain` / `lmforge sft`: Ray Train + DeepSpeed on prepared data."""
+
+    run_name: str = Field(description="Run name; the same name resumes from its last checkpoint.")
+    storage_path: str = Field(description="Where runs live (shared storage on a cluster).")
+    model: ModelConfig
+    data: TrainDataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    zero: ZeroConfig = Field(default_factory=ZeroConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    num_workers: int = Field(2, ge=1, description="Training workers (one per GPU on a cluster).")
+    use_gpu: bool = Field(False)
+    cpus_per_worker: int = Field(1, ge=1)
+    global_batch_size: int = Field(8, ge=1, description="Rows per optimizer step across all workers.")
+    micro_batch_size: int = Field(1, ge=1, description="Rows per worker per forward pass.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    epochs: int = Field(1, ge=1, description="Passes over the data when max_steps is not set.")
+    seed: int = Field(0)
+    log_every: int = Field(1, ge=1)
+    eval_every: int = Field(0, ge=0, description="Eval loss every N steps (0: only at the end).")
+    max_failures: int = Field(2, ge=0, description="Worker failures tolerated (restart from the last checkpoint).")
+    collective_timeout_s: int = Field(1800, ge=10, description="A hung worker is detected after this long.")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainConfig:
+        per_step = self.micro_batch_size * self.num_workers
+        if self.global_batch_size % per_step:
+            raise ValueError(f"global_batch_size {self.global_batch_size} must be a multiple of "
+                             f"micro_batch_size * num_workers = {per_step}")
+        if self.zero.offload_params and self.zero.stage != 3:
+            raise ValueError("zero.offload_params needs zero.stage 3")
+        return self
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.num_workers)
+
