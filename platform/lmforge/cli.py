@@ -16,6 +16,7 @@ from lmforge.config import (
     PretrainDataConfig,
     SFTDataConfig,
     TokenizerTrainConfig,
+    TrainConfig,
     describe_fields,
     load_config,
 )
@@ -35,6 +36,10 @@ STAGES = {
                               "Raw corpora -> cleaned, deduplicated, mixed, packed token blocks."),
     "prepare-sft": Stage(SFTDataConfig, "lmforge.data.sft:run_prepare_sft",
                          "SFT datasets (alpaca, ShareGPT, ChatGLM3, ...) -> label-masked, packed samples."),
+    "pretrain": Stage(TrainConfig, "lmforge.train.run:run_pretrain",
+                      "Continued pretraining on prepared blocks: Ray Train + DeepSpeed ZeRO."),
+    "sft": Stage(TrainConfig, "lmforge.train.run:run_sft",
+                 "Supervised fine-tuning (full or LoRA) on prepared SFT rows: Ray Train + DeepSpeed ZeRO."),
 }
 
 

@@ -89,6 +89,12 @@ class TrainConfig(StrictModel):
     micro_batch_size: int = Field(1, ge=1, description="Rows per worker per forward pass.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     epochs: int = Field(1, ge=1, description="Passes over the data when max_steps is not set.")
+    stop_after_step: int | None = Field(
+        None, ge=1, description="Checkpoint and stop at this step (e.g. before maintenance); rerun to continue."
+    )
+    peak_tflops_per_worker: float | None = Field(
+        None, gt=0, description="Hardware peak (e.g. 312 for an A100 in bf16), for the MFU metric."
+    )
     seed: int = Field(0)
     log_every: int = Field(1, ge=1)
     eval_every: int = Field(0, ge=0, description="Eval loss every N steps (0: only at the end).")

@@ -115,7 +115,7 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
             "dir": str(out.resolve()),
             "shards": shards,
             "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
-                        "boundaries": "list<int32>", "keys": "list<int64>"},
+                        "boundaries": "list<int32>", "keys": "list<int64>", "row": "int64"},
             "max_length": cfg.max_length,
             "pack_mode": cfg.pack.mode,
             "template": cfg.template,
@@ -262,6 +262,8 @@ def _pack_and_write_group(group: pa.Table, out_dir: str, capacity: int, mode: st
     group_id = group.column("group")[0].as_py()
     # copies of one sample share a key and are identical, so their order does not matter
     rows = pack_samples(group.select(["key", "input_ids", "labels"]), capacity, mode)
+    # a stable id per row, so training can order and hold out rows deterministically
+    rows = rows.append_column("row", pa.array(np.arange(rows.num_rows) + (group_id << 32), pa.int64()))
     name = f"rows-{group_id:05d}.parquet"
     path = Path(out_dir) / name
     pq.write_table(rows, path, compression="zstd")

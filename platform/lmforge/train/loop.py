@@ -1,0 +1,165 @@
+"""The training loop each Ray Train worker runs: build -> resume -> train -> evaluate -> checkpoint.
+
+Ray Train has already created the process group (gloo on CPU, nccl on GPU); DeepSpeed reuses it.
+Workers read their split of the prepared rows with `ray.train.get_dataset_shard` and never
+tokenize. One optimizer step consumes `global_batch_size` rows across all workers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+
+from lmforge.config import TrainConfig
+from lmforge.train.batches import model_inputs, pretrain_batch, sft_batch
+from lmforge.train.checkpoint import TrainerState, read_state, save_checkpoint, universal_tag
+from lmforge.train.data import TrainData
+from lmforge.train.deepspeed_config import deepspeed_config, patch_deepspeed_for_cpu
+from lmforge.train.metrics import MetricsLog, model_flops_utilisation
+from lmforge.train.model import apply_lora, build_model, flops_per_token
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the message names the step and the last good checkpoint."""
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train entry point; `config` holds the TrainConfig, the TrainData and the step plan."""
+    cfg = TrainConfig.model_validate(config["cfg"])
+    data = TrainData(**config["data"])
+    total_steps, steps_per_epoch = config["total_steps"], config["steps_per_epoch"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+
+    patch_deepspeed_for_cpu()
+    import deepspeed
+
+    ds_config = deepspeed_config(cfg, on_gpu=cfg.use_gpu, total_steps=total_steps)
+    state, resume_dir, resume_tag = TrainerState(world_size=world), None, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        resume_dir = checkpoint.to_directory()
+        state = read_state(resume_dir)
+        resume_tag = universal_tag(resume_dir, state, world, context.get_local_rank())
+        if resume_tag:
+            ds_config["checkpoint"] = {"load_universal": True}
+
+    model = build_model(cfg.model, data.vocab_size, cfg.seed)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+    if resume_dir is not None:
+        engine.load_checkpoint(resume_dir, tag=resume_tag or state.tag)
+    elif engine.lr_scheduler is not None:
+        engine.lr_scheduler.step(0)  # DeepSpeed's first step would otherwise run at the pre-warmup lr (0)
+
+    log = MetricsLog(config["run_dir"], enabled=rank == 0)
+    flops = flops_per_token(model.config, seq_len=data.sequence_length)
+    last_saved = state.step
+    step_started, step_losses, step_tokens = time.perf_counter(), [], 0
+    for epoch in range(state.epoch, config["epochs"]):
+        rows_done = state.rows_in_epoch if epoch == state.epoch else 0
+        batches = ray.train.get_dataset_shard(f"train_{epoch}").iter_batches(
+            batch_size=cfg.micro_batch_size, batch_format="numpy", drop_last=True
+        )
+        skip = rows_done // (world * cfg.micro_batch_size)  # the data position of a resumed run
+        for index, batch in enumerate(batches):
+            if index < skip:
+                continue
+            if engine.global_steps >= total_steps:
+                break
+            inputs = _to_inputs(batch, data, model.config.model_type)
+            loss = engine(**inputs).loss
+            engine.backward(loss)
+            engine.step()
+            step_losses.append(loss.detach().float())
+            step_tokens += int((inputs["labels"] != -100).sum())
+            if len(step_losses) < cfg.gradient_accumulation_steps:
+                continue
+            step = engine.global_steps
+            mean_loss = _all_mean(torch.stack(step_losses).mean())
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLoss(f"loss is {mean_loss} at step {step}; the last good checkpoint is step "
+                                    f"{last_saved} of run {cfg.run_name} in {cfg.storage_path}")
+            state = TrainerState(step, epoch, (index + 1) * world * cfg.micro_batch_size, world)
+            metrics = {}
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - step_started
+                tokens_per_s = _all_sum(step_tokens) / elapsed
+                metrics = {"loss": mean_loss, "lr": engine.get_lr()[0], "epoch": epoch,
+                           "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                           "tokens_per_s": tokens_per_s, "samples_per_s": cfg.global_batch_size / elapsed,
+                           "model_tflops": tokens_per_s * flops / 1e12}
+                mfu = model_flops_utilisation(tokens_per_s, flops, config.get("peak_flops"))
+                if mfu is not None:
+                    metrics["mfu"] = mfu
+            if cfg.eval_every and step % cfg.eval_every == 0 or step == total_steps:
+                metrics.update(evaluate(engine, data, cfg))
+            if metrics:
+                log.write(step, metrics)
+            stop = step == total_steps or step == cfg.stop_after_step
+            if step % cfg.checkpoint.every_steps == 0 or stop:
+                save_checkpoint(engine, state, {"step": step, **metrics}, rank)
+                last_saved = step
+            elif metrics:
+                ray.train.report({"step": step, **metrics})
+            step_started, step_losses, step_tokens = time.perf_counter(), [], 0
+            if stop:
+                log.close()
+                return
+    if engine.global_steps > last_saved:  # data ran out before max_steps
+        save_checkpoint(engine, state, {"step": engine.global_steps}, rank)
+    log.close()
+
+
+def evaluate(engine, data: TrainData, cfg: TrainConfig) -> dict[str, float]:
+    """Token-weighted eval loss over every worker's share of the held-out rows, and its perplexity."""
+    if not cfg.data.eval_rows:
+        return {}
+    engine.eval()
+    total_loss, total_tokens = torch.zeros(()), torch.zeros(())
+    with torch.no_grad():
+        for batch in ray.train.get_dataset_shard("eval").iter_batches(
+            batch_size=cfg.micro_batch_size, batch_format="numpy"
+        ):
+            inputs = _to_inputs(batch, data, engine.module.config.model_type)
+            tokens = (inputs["labels"][:, 1:] != -100).sum()
+            total_loss += engine(**inputs).loss.float() * tokens
+            total_tokens += tokens
+    engine.train()
+    loss = _all_sum(total_loss) / max(_all_sum(total_tokens), 1.0)
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+
+
+def _to_inputs(batch: dict[str, np.ndarray], data: TrainData, model_type: str) -> dict:
+    if data.kind == "pretrain":
+        tensors = pretrain_batch(batch["input_ids"], batch["doc_lens"])
+        boundaries = batch["doc_lens"]
+    else:
+        rows = [{name: batch[name][i] for name in ("input_ids", "labels", "position_ids", "boundaries")}
+                for i in range(len(batch["input_ids"]))]
+        tensors = sft_batch(rows, data.sequence_length, data.pad_token_id)
+        # the padding after the samples is a segment of its own
+        boundaries = [[int(b) for b in r["boundaries"]] for r in rows]
+        for lengths in boundaries:
+            if sum(lengths) < data.sequence_length:
+                lengths.append(data.sequence_length - sum(lengths))
+    return model_inputs(model_type, tensors, boundaries)
+
+
+def _all_mean(value: torch.Tensor) -> float:
+    return _all_sum(value) / (dist.get_world_size() if dist.is_initialized() else 1)
+
+
+def _all_sum(value) -> float:
+    tensor = torch.as_tensor(value, dtype=torch.float64).clone()
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return float(tensor)
+

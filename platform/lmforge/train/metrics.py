@@ -1,0 +1,64 @@
+"""Training metrics: one JSON line and TensorBoard scalars per log step, and a loss curve at the end.
+
+Only rank 0 writes. Ray Train shows the same numbers through `ray.train.report`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class MetricsLog:
+    """Appends to `metrics.jsonl` and `tensorboard/` in the run directory (a resumed run continues them)."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._tensorboard = None
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as sink:
+            sink.write(json.dumps({"step": step, **metrics}) + "\n")
+        for name, value in metrics.items():
+            self._tensorboard.add_scalar(name, value, step)
+        self._tensorboard.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tensorboard.close()
+            plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+
+
+def plot_loss(metrics_file: Path, png: Path) -> None:
+    """loss (and eval_loss, when logged) against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name in ("loss", "eval_loss"):
+        points = [(r["step"], r[name]) for r in rows if name in r]
+        if points:
+            axis.plot(*zip(*points), label=name, marker="o" if name == "eval_loss" else None)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png, dpi=100)
+    plt.close(figure)
+
+
+def model_flops_utilisation(tokens_per_s: float, flops_per_token: float, peak_flops: float | None) -> float | None:
+    """Achieved model FLOP/s over the hardware peak (None when the peak is not known)."""
+    return tokens_per_s * flops_per_token / peak_flops if peak_flops else None
