@@ -32,7 +32,7 @@ def train_loop(config: dict) -> None:
     """Ray Train entry point; `config` holds the TrainConfig, the TrainData and the step plan."""
     cfg = TrainConfig.model_validate(config["cfg"])
     data = TrainData(**config["data"])
-    total_steps, steps_per_epoch = config["total_steps"], config["steps_per_epoch"]
+    total_steps = config["total_steps"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
 

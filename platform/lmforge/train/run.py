@@ -60,7 +60,7 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
         train_loop,
         train_loop_config={
             "cfg": cfg.model_dump(), "data": asdict(data), "total_steps": total_steps, "epochs": epochs,
-            "steps_per_epoch": steps_per_epoch, "run_dir": str(run_dir),
+            "run_dir": str(run_dir),
             "peak_flops": cfg.peak_tflops_per_worker * 1e12 * cfg.num_workers if cfg.peak_tflops_per_worker else None,
         },
         scaling_config=ScalingConfig(
