@@ -9,6 +9,7 @@ Everything that can be wrong with the inputs fails here, before any worker start
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from dataclasses import asdict
@@ -53,6 +54,7 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
 
     init_ray(cfg.ray)
     run_dir = Path(cfg.storage_path).resolve() / cfg.run_name
+    write_run_spec(run_dir, cfg, data)
     datasets = {f"train_{e}": epoch_dataset(data, e, cfg.seed, cfg.data.eval_rows) for e in range(epochs)}
     if cfg.data.eval_rows:
         datasets["eval"] = eval_dataset(data, cfg.data.eval_rows)
@@ -98,6 +100,16 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
     )
     manifest.write(run_dir)
     return manifest
+
+
+RUN_SPEC = "run.json"
+
+
+def write_run_spec(run_dir: Path, cfg: TrainConfig, data: TrainData) -> None:
+    """What the run's checkpoints hold (model, LoRA, vocabulary, tokenizer, chat template), for convert."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"config": cfg.model_dump(), "data": asdict(data)}
+    (run_dir / RUN_SPEC).write_text(json.dumps(spec, ensure_ascii=False, indent=2))
 
 
 def check_model_fits_data(cfg: TrainConfig, data: TrainData) -> None:
