@@ -13,6 +13,7 @@ import yaml
 
 from lmforge.config import (
     ConfigError,
+    ConvertConfig,
     PretrainDataConfig,
     SFTDataConfig,
     TokenizerTrainConfig,
@@ -40,6 +41,8 @@ STAGES = {
                       "Continued pretraining on prepared blocks: Ray Train + DeepSpeed ZeRO."),
     "sft": Stage(TrainConfig, "lmforge.train.run:run_sft",
                  "Supervised fine-tuning (full or LoRA) on prepared SFT rows: Ray Train + DeepSpeed ZeRO."),
+    "convert": Stage(ConvertConfig, "lmforge.convert.convert:run_convert",
+                     "ZeRO-3 checkpoint -> Hugging Face model dir (safetensors, tokenizer, chat template; LoRA merged)."),
 }
 
 
@@ -55,11 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("config", help="YAML config file")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. pack.block_size=2048")
         sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _add_generate(stages)
     return parser
+
+
+def _add_generate(stages) -> None:
+    """`lmforge generate MODEL_DIR QUESTION`: no config file, so plain arguments."""
+    sub = stages.add_parser("generate", help="Ask a converted model one question (streamed with --engine hf).",
+                            description="Answer QUESTION with the model in MODEL_DIR, using its chat template; "
+                            "greedy, stops at the model's EOS. --engine hf streams tokens as they are produced; "
+                            "--engine vllm (vLLM on CPU) prints the whole answer when it is done.")
+    sub.add_argument("model_dir", help="output_dir of lmforge convert")
+    sub.add_argument("question")
+    sub.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    sub.add_argument("--max-new-tokens", type=int, default=256)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.stage == "generate":
+        from lmforge.convert.generate import run_generate
+
+        try:
+            run_generate(args.model_dir, args.question, args.engine, args.max_new_tokens)
+        except (ValueError, OSError) as exc:
+            print(f"lmforge generate: {exc}", file=sys.stderr)
+            return 1
+        return 0
     stage = STAGES[args.stage]
     try:
         cfg = load_config(stage.config, args.config, args.overrides)
@@ -73,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     module, function = stage.run.split(":")
     try:
         manifest = getattr(importlib.import_module(module), function)(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, MemoryError) as exc:
         print(f"lmforge {args.stage}: {exc}", file=sys.stderr)
         return 1
     print(f"\nlmforge {args.stage}: done")

@@ -6,6 +6,7 @@ unknown keys are errors naming the file, the key and the closest valid key.
 """
 
 from lmforge.config.base import ConfigError, RayConfig, StrictModel, describe_fields, load_config
+from lmforge.config.convert import ConvertConfig
 from lmforge.config.data import (
     CleanConfig,
     DedupConfig,
@@ -31,7 +32,7 @@ from lmforge.config.train import (
 )
 
 __all__ = [
-    "CheckpointConfig", "CleanConfig", "ConfigError", "DedupConfig", "LoraConfig", "MixConfig", "ModelConfig",
+    "CheckpointConfig", "CleanConfig", "ConfigError", "ConvertConfig", "DedupConfig", "LoraConfig", "MixConfig", "ModelConfig",
     "OptimConfig", "PackConfig", "PretrainDataConfig", "RayConfig", "ReadConfig", "SFTDataConfig", "SFTPackConfig",
     "SFTSourceConfig", "SourceConfig", "StrictModel", "TokenizeConfig", "TokenizerTrainConfig", "TrainConfig",
     "TrainDataConfig", "ZeroConfig", "describe_fields", "load_config",

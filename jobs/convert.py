@@ -1,0 +1,14 @@
+"""`ray job submit --working-dir . --entrypoint-memory BYTES -- python jobs/convert.py CONFIG [key=value ...]`
+
+Runs in the job's driver process, no Ray tasks: the node it lands on must see the checkpoint (shared
+storage) and have ~4x the fp32 model in free RAM; --entrypoint-memory makes Ray place it on such a node.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # the submitted code, not a stale install
+from lmforge.cli import run_job
+
+if __name__ == "__main__":
+    run_job("convert")
