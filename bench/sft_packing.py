@@ -2,12 +2,16 @@
 padding every sample to max_length ("padded"), at max_length 1024 and 2048.
 
 Samples: every record of every shared SFT file (/work/shared/data/sft: alpaca JSON array, ShareGPT
-JSONL, ChatGLM3 JSONL, AdvertiseGen JSONL, the GBK medical CSV), duplicates kept. Token lengths are
-an approximation that depends on no other lmforge reader or renderer: each record is turned into
-turns here, rendered in the classic template "User: q</s>\\n Assistant: a</s>\\n User: ..." and
-tokenized with a byte-level BPE tokenizer (8k vocabulary) trained by `train_tokenizer` on the shared
-pretraining files (cached in bench/work/sft_tokenizer). Samples longer than max_length are cut to
-max_length (counted). Labels are a copy of the ids: their values do not change packing.
+JSONL, ChatGLM3 JSONL, AdvertiseGen JSONL, the GBK medical CSV), duplicates kept (no dedup, no
+mixture). Token lengths and labels are the real pipeline's, built as `lmforge prepare-sft` renders
+them, in a plain loop instead of Ray: `survey_file` + `read_chunk` read each file,
+`detect_file_record_format` + `to_conversation` turn records into conversations (unreadable records
+and RecordErrors are counted, not used), and `ChatRenderer(tokenizer, "classic", max_length)`
+renders input_ids and labels (-100 where not trained), keeping whole turns: a conversation whose
+first trained exchange does not fit is dropped (SampleTooLong, counted), a longer one loses its
+last turns (counted as turns cut). The tokenizer is a byte-level BPE (8k vocabulary) trained by
+`train_tokenizer` on the shared pretraining files (cached in bench/work/sft_tokenizer), not a real
+model's.
 
     .venv/bin/python bench/sft_packing.py
 
@@ -16,18 +20,24 @@ Writes bench/results/sft_packing.md; the last line printed is the RESULT line.
 
 from __future__ import annotations
 
-import csv
 import datetime
-import json
 import os
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from lmforge.data.chat_render import IGNORE_INDEX, ChatRenderer, NothingToTrain, SampleTooLong
+from lmforge.data.conversation import Conversation
+from lmforge.data.readers import read_chunk
+from lmforge.data.sft_formats import detect_file_record_format, to_conversation
 from lmforge.data.sft_packing import pack_samples, utilisation
+from lmforge.data.survey import survey_file
+from lmforge.data.templates import RecordError
+from lmforge.data.tokenize import load_fast_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -35,36 +45,32 @@ WORK = REPO / "bench" / "work"
 RESULTS = REPO / "bench" / "results" / "sft_packing.md"
 MAX_LENGTHS = (1024, 2048)
 REPEATS = 5
-ROLE_LABELS = {"human": "User: ", "user": "User: ", "gpt": "Assistant: ", "assistant": "Assistant: ", "system": ""}
 
 
-def record_turns(record: dict) -> list[tuple[str, str]]:
-    """(role, text) turns of one record, whatever its schema among the shared files."""
-    if "conversations" in record:
-        return [(t.get("from") or t["role"], t.get("value") or t.get("content") or "") for t in record["conversations"]]
-    if "instruction" in record:
-        question = "\n".join(p for p in (record["instruction"], record.get("input", "")) if p)
-        return [("user", question), ("assistant", record["output"])]
-    if "summary" in record:
-        return [("user", record["content"]), ("assistant", record["summary"])]
-    return [("user", f"{record['title']}\n{record['ask']}"), ("assistant", record["answer"])]  # medical CSV
-
-
-def sft_records(sft_dir: Path) -> list[dict]:
-    records = []
+def read_conversations(sft_dir: Path) -> tuple[list[Conversation], list[dict], Counter]:
+    """Every usable record of every file as the Conversation prepare-sft builds from it; per-file counts
+    (records, unreadable, failed conversion) and the reasons conversions failed."""
+    conversations: list[Conversation] = []
+    files, reasons = [], Counter()
     for path in sorted(sft_dir.iterdir()):
-        if path.suffix == ".csv":
-            with path.open(encoding="gb18030", newline="") as f:
-                records += list(csv.DictReader(f))
-        elif path.read_text(encoding="utf-8").lstrip().startswith("["):
-            records += json.loads(path.read_text(encoding="utf-8"))
-        else:
-            records += [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
-    return records
-
-
-def render_classic(turns: list[tuple[str, str]], eos: str) -> str:
-    return "\n ".join(f"{ROLE_LABELS[role]}{text}{eos}" for role, text in turns)
+        survey = survey_file(str(path))
+        records = [record for chunk in survey.chunks for record in read_chunk(chunk)]
+        first = next((record.fields for record in records if record.fields is not None), None)
+        record_format = detect_file_record_format(str(path), first)
+        stats = {"file": path.name, "format": f"{survey.format}, {survey.encoding}, {record_format}",
+                 "records": len(records), "unreadable": 0, "failed": 0}
+        for record in records:
+            if record.error is not None:
+                stats["unreadable"] += 1
+                reasons[f"unreadable: {record.error}"] += 1
+                continue
+            try:
+                conversations.append(to_conversation(record.fields, record_format))
+            except RecordError as exc:
+                stats["failed"] += 1
+                reasons[str(exc)] += 1
+        files.append(stats)
+    return conversations, files, reasons
 
 
 def build_tokenizer() -> Path:
@@ -79,18 +85,28 @@ def build_tokenizer() -> Path:
     return out
 
 
-def tokenize(texts: list[str], tokenizer_dir: Path) -> list[np.ndarray]:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    return [np.asarray(e.ids, np.int32) for e in tokenizer.encode_batch_fast(texts)]
-
-
-def samples_table(token_ids: list[np.ndarray], max_length: int) -> tuple[pa.Table, int]:
-    cut = [ids[:max_length] for ids in token_ids]
-    column = pa.array(cut, pa.list_(pa.int32()))
-    table = pa.table({"key": pa.array(range(len(cut)), pa.int64()), "input_ids": column, "labels": column})
-    return table, sum(ids.size > max_length for ids in token_ids)
+def render_samples(conversations: list[Conversation], tokenizer, max_length: int) -> tuple[pa.Table, Counter]:
+    """input_ids and labels of each conversation, as prepare-sft renders them; counts of samples dropped
+    (too_long, no_trained_turn) and of samples that lost their last turns (turns_cut)."""
+    renderer = ChatRenderer(tokenizer, "classic", max_length)
+    ids, labels, counts = [], [], Counter(too_long=0, no_trained_turn=0, turns_cut=0)
+    for conversation in conversations:
+        try:
+            sample = renderer.render(conversation)
+        except SampleTooLong:
+            counts["too_long"] += 1
+            continue
+        except NothingToTrain:
+            counts["no_trained_turn"] += 1
+            continue
+        ids.append(sample.input_ids)
+        labels.append(sample.labels)
+        counts["turns_cut"] += int(sample.turns_kept < sample.turns_total)
+    counts["trained_tokens"] = int(sum((lab != IGNORE_INDEX).sum() for lab in labels))
+    table = pa.table({"key": pa.array(range(len(ids)), pa.int64()), "input_ids": pa.array(ids, pa.list_(pa.int32())),
+                      "labels": pa.array(labels, pa.list_(pa.int32()))})
+    counts["tokens"] = int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
+    return table, counts
 
 
 def measure(samples: pa.Table, max_length: int, mode: str) -> dict:
@@ -112,56 +128,69 @@ def machine() -> str:
     return f"nproc {os.cpu_count()}, {cpu}, RAM {ram:.1f} GiB; load average {load} (1/5/15 min) at start"
 
 
-def report(results: list[tuple[int, int, int, int, dict, dict]], n_samples: int, per_char: float, host: str,
-           wall: float) -> str:
+def report(results: list[dict], n_records: int, n_conversations: int, files: list[dict], reasons: Counter,
+           host: str, wall: float) -> str:
+    failed = sum(f["unreadable"] + f["failed"] for f in files)
+    top = "; ".join(f"{reason} ({count:,})" for reason, count in reasons.most_common(3)) or "none"
     lines = [
         f"# SFT packing: utilisation and speed, {datetime.date.today().isoformat()}",
         "",
         f"- machine: {host}",
-        f"- samples: {n_samples:,} records, every shared SFT file (duplicates kept); run took {wall:.0f} s",
-        ("- approximated: token lengths come from the classic template \"User: q</s>\\n Assistant: a</s>\\n ...\" "
-        "rendered here (not lmforge's readers or chat renderer) and a byte-level BPE tokenizer (8k) trained "
-        "by `train_tokenizer` on the shared pretraining files, not a real model's tokenizer "
-        f"({per_char:.2f} tokens per character of rendered text); samples longer than max_length are cut "
-        "to max_length"),
+        (f"- samples: {n_records:,} records in every shared SFT file (duplicates kept, no dedup or mixture), "
+         f"{n_conversations:,} conversations; run took {wall:.0f} s"),
+        f"- not used: {failed:,} of {n_records:,} records (unreadable or RecordError); reasons: {top}",
+        ("- token lengths and labels are the real pipeline's, as `lmforge prepare-sft` renders them: "
+         "`survey_file` + `read_chunk`, `detect_file_record_format` + `to_conversation`, "
+         "`ChatRenderer(tokenizer, \"classic\", max_length)` (whole turns only); the tokenizer is a "
+         "byte-level BPE (8k) trained by `train_tokenizer` on the shared pretraining files, not a real "
+         "model's"),
+        ("- too long: conversations whose first trained exchange exceeds max_length (SampleTooLong), "
+         "dropped; turns cut: samples that keep only their first whole turns; trained: tokens with a "
+         "label (not -100); no trained turn (NothingToTrain, dropped): "
+         + " / ".join(f"{r['no_trained_turn']:,}" for r in results)
+         + " at max_length " + " / ".join(str(r["max_length"]) for r in results)),
         f"- pack s: best of {REPEATS} calls of `pack_samples` (Arrow table in, rows out), one process",
         "",
-        "| max_length | truncated | real tokens | mode | rows | utilisation | pack s | samples/s |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| file | format, encoding, record format | records | unreadable | failed conversion |",
+        "|---|---|---:|---:|---:|",
+        *(f"| {f['file']} | {f['format']} | {f['records']:,} | {f['unreadable']:,} | {f['failed']:,} |"
+          for f in files),
+        "",
+        ("| max_length | samples | too long | turns cut | real tokens | trained | mode | rows | utilisation "
+         "| pack s | samples/s |"),
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for max_length, truncated, tokens, _, packed, padded in results:
-        for r in (packed, padded):
-            lines.append(f"| {max_length} | {truncated:,} | {tokens:,} | {r['mode']} | {r['rows']:,} | "
-                         f"{r['utilisation']:.4f} | {r['seconds']:.3f} | {r['samples_per_s']:,.0f} |")
+    for r in results:
+        for m in (r["packed"], r["padded"]):
+            lines.append(f"| {r['max_length']} | {r['samples']:,} | {r['too_long']:,} | {r['turns_cut']:,} | "
+                         f"{r['tokens']:,} | {r['trained_tokens']:,} | {m['mode']} | {m['rows']:,} | "
+                         f"{m['utilisation']:.4f} | {m['seconds']:.3f} | {m['samples_per_s']:,.0f} |")
     header = "| max_length | tokens per step, packed / padded | packed rows / fewest possible | packed util >= 0.95 |"
     lines += ["", header, "|---:|---:|---:|---|"]
-    for max_length, _, tokens, _, packed, padded in results:
-        ratio = packed["utilisation"] / padded["utilisation"]
-        fewest = -(-tokens // max_length)
-        lines.append(f"| {max_length} | {ratio:.2f}x | {packed['rows']:,} / {fewest:,} | "
-                     f"{'yes' if packed['utilisation'] >= 0.95 else 'NO'} |")
+    for r in results:
+        packed, padded = r["packed"], r["padded"]
+        fewest = -(-r["tokens"] // r["max_length"])
+        lines.append(f"| {r['max_length']} | {packed['utilisation'] / padded['utilisation']:.2f}x | "
+                     f"{packed['rows']:,} / {fewest:,} | {'yes' if packed['utilisation'] >= 0.95 else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     host, wall = machine(), time.perf_counter()
-    tokenizer_dir = build_tokenizer()
-    eos = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())["eos_token"]
-    records = sft_records(SHARED_DATA / "sft")
-    texts = [render_classic(record_turns(r), eos) for r in records]
-    token_ids = tokenize(texts, tokenizer_dir)
-    per_char = sum(ids.size for ids in token_ids) / sum(len(t) for t in texts)
+    tokenizer = load_fast_tokenizer(str(build_tokenizer()))
+    conversations, files, reasons = read_conversations(SHARED_DATA / "sft")
     results = []
     for max_length in MAX_LENGTHS:
-        samples, truncated = samples_table(token_ids, max_length)
-        tokens = sum(min(ids.size, max_length) for ids in token_ids)
-        packed, padded = measure(samples, max_length, "packed"), measure(samples, max_length, "padded")
-        results.append((max_length, truncated, tokens, samples.num_rows, packed, padded))
-    markdown = report(results, len(records), per_char, host, time.perf_counter() - wall)
+        samples, counts = render_samples(conversations, tokenizer, max_length)
+        results.append({"max_length": max_length, "samples": samples.num_rows, **counts,
+                        "packed": measure(samples, max_length, "packed"),
+                        "padded": measure(samples, max_length, "padded")})
+    n_records = sum(f["records"] for f in files)
+    markdown = report(results, n_records, len(conversations), files, reasons, host, time.perf_counter() - wall)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(markdown, encoding="utf-8")
     print(markdown)
-    packed, padded = results[0][4], results[0][5]
+    packed, padded = results[0]["packed"], results[0]["padded"]
     print(f"RESULT packing_utilisation={packed['utilisation']:.4f} padding_utilisation={padded['utilisation']:.4f} "
           f"speedup_tokens_per_step={packed['utilisation'] / padded['utilisation']:.2f}")
 
