@@ -1,1 +1,1 @@
-"""`serve run serve_apps.<app>:app` targets (the serve issue adds the chat app)."""
+"""`serve run serve_apps.<app>:app` targets: chat (a converted model behind the OpenAI API)."""

@@ -15,6 +15,7 @@ from lmforge.config import (
     ConfigError,
     ConvertConfig,
     PretrainDataConfig,
+    ServeConfig,
     SFTDataConfig,
     TokenizerTrainConfig,
     TrainConfig,
@@ -43,6 +44,8 @@ STAGES = {
                  "Supervised fine-tuning (full or LoRA) on prepared SFT rows: Ray Train + DeepSpeed ZeRO."),
     "convert": Stage(ConvertConfig, "lmforge.convert.convert:run_convert",
                      "ZeRO-3 checkpoint -> Hugging Face model dir (safetensors, tokenizer, chat template; LoRA merged)."),
+    "serve": Stage(ServeConfig, "lmforge.serve.run:run_serve",
+                   "Serve a converted model: OpenAI API on Ray Serve + vLLM (blocks; writes serve_deploy.yaml)."),
 }
 
 

@@ -21,6 +21,7 @@ from lmforge.config.data import (
     TokenizeConfig,
     TokenizerTrainConfig,
 )
+from lmforge.config.serve import AutoscalingConfig, ServeConfig
 from lmforge.config.train import (
     CheckpointConfig,
     LoraConfig,
@@ -32,8 +33,8 @@ from lmforge.config.train import (
 )
 
 __all__ = [
-    "CheckpointConfig", "CleanConfig", "ConfigError", "ConvertConfig", "DedupConfig", "LoraConfig", "MixConfig", "ModelConfig",
+    "AutoscalingConfig", "CheckpointConfig", "CleanConfig", "ConfigError", "ConvertConfig", "DedupConfig", "LoraConfig", "MixConfig", "ModelConfig",
     "OptimConfig", "PackConfig", "PretrainDataConfig", "RayConfig", "ReadConfig", "SFTDataConfig", "SFTPackConfig",
-    "SFTSourceConfig", "SourceConfig", "StrictModel", "TokenizeConfig", "TokenizerTrainConfig", "TrainConfig",
+    "SFTSourceConfig", "ServeConfig", "SourceConfig", "StrictModel", "TokenizeConfig", "TokenizerTrainConfig", "TrainConfig",
     "TrainDataConfig", "ZeroConfig", "describe_fields", "load_config",
 ]

@@ -1,1 +1,1 @@
-"""serve stage components."""
+"""Serving: ServeConfig -> Ray Serve app (app.py), the guarded OpenAI ingress (ingress.py), `lmforge serve` (run.py)."""
