@@ -56,7 +56,8 @@ def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
             matches = [m for m in matches if not Path(m).is_dir()]
             if not matches or not Path(matches[0]).exists():
                 raise ConfigError(f"sources.{i}.path: '{pattern}' matches no file (source '{source.name}')")
-            files.extend(SourceFile(len(files) + j, source, m) for j, m in enumerate(matches))
+            first = len(files)  # not inside the generator: extend() grows the list while it runs
+            files.extend(SourceFile(first + j, source, m) for j, m in enumerate(matches))
     return files
 
 
