@@ -1,4 +1,4 @@
-"""The prepared data a training run reads: checked on the driver, ordered per epoch, split to workers.
+"""The prepared data a training run reads: checked on the driver, ordered per epoch (loop.py slices it).
 
 Training never tokenizes: it reads the Parquet rows that prepare-pretrain (blocks) or prepare-sft
 (packed rows) wrote, and their manifest says what they are. Each epoch visits the rows in an order

@@ -1,8 +1,14 @@
 """The training loop each Ray Train worker runs: build -> resume -> train -> evaluate -> checkpoint.
 
 Ray Train has already created the process group (gloo on CPU, nccl on GPU); DeepSpeed reuses it.
-Workers read their split of the prepared rows with `ray.train.get_dataset_shard` and never
-tokenize. One optimizer step consumes `global_batch_size` rows across all workers.
+Workers read the prepared rows with `ray.train.get_dataset_shard` and never tokenize. One optimizer
+step consumes `global_batch_size` rows across all workers: the next rows of the epoch's fixed order,
+
+    epoch order   r0 r1 r2 r3 | r4 r5 r6 r7 | ...     batches of world * micro_batch_size rows
+    rank 0        r0 r1       | r4 r5       | ...     (world 2, micro batch 2, accumulation 2:
+    rank 1              r2 r3 |       r6 r7 | ...      one optimizer step = r0 .. r7)
+
+so any run, on any number of workers, continues from the same row after `rows_in_epoch`.
 """
 
 from __future__ import annotations
@@ -51,7 +57,9 @@ def train_loop(config: dict) -> None:
 
     model = build_model(cfg.model, data.vocab_size, cfg.seed)
     if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # the adapters start alike on every run, as the base weights do
+            model = apply_lora(model, cfg.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
     if resume_dir is not None:
@@ -65,16 +73,19 @@ def train_loop(config: dict) -> None:
     step_started, step_losses, step_tokens = time.perf_counter(), [], 0
     for epoch in range(state.epoch, config["epochs"]):
         rows_done = state.rows_in_epoch if epoch == state.epoch else 0
+        # Every worker gets the whole epoch (run.py) and keeps its slice of each batch: Ray's own split
+        # deals out blocks, whose boundaries differ from run to run, and exact resume needs fixed rows.
         batches = ray.train.get_dataset_shard(f"train_{epoch}").iter_batches(
-            batch_size=cfg.micro_batch_size, batch_format="numpy", drop_last=True
+            batch_size=world * cfg.micro_batch_size, batch_format="numpy", drop_last=True
         )
+        mine = slice(rank * cfg.micro_batch_size, (rank + 1) * cfg.micro_batch_size)
         skip = rows_done // (world * cfg.micro_batch_size)  # the data position of a resumed run
         for index, batch in enumerate(batches):
             if index < skip:
                 continue
             if engine.global_steps >= total_steps:
                 break
-            inputs = _to_inputs(batch, data, model.config.model_type)
+            inputs = _to_inputs({name: rows[mine] for name, rows in batch.items()}, data, model.config.model_type)
             loss = engine(**inputs).loss
             engine.backward(loss)
             engine.step()
@@ -104,11 +115,11 @@ def train_loop(config: dict) -> None:
             if metrics:
                 log.write(step, metrics)
             stop = step == total_steps or step == cfg.stop_after_step
+            # Metrics reach Ray only with checkpoints: each ray.train.report waits for the controller's
+            # poll (2 s), which per step would cost more than the step itself; metrics.jsonl has them all.
             if step % cfg.checkpoint.every_steps == 0 or stop:
                 save_checkpoint(engine, state, {"step": step, **metrics}, rank)
                 last_saved = step
-            elif metrics:
-                ray.train.report({"step": step, **metrics})
             step_started, step_losses, step_tokens = time.perf_counter(), [], 0
             if stop:
                 log.close()

@@ -76,8 +76,9 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
         ),
         datasets=datasets,
-        # the same rows reach the same worker in the same order on every run: exact resume
-        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+        # training epochs reach every worker whole and in order; each takes its slice (loop.py): exact resume
+        dataset_config=DataConfig(datasets_to_split=["eval"] if cfg.data.eval_rows else [],
+                                  execution_options=ExecutionOptions(preserve_order=True)),
     )
     result = trainer.fit()
     if result.error:
