@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nlmforge {args.stage}: done")
     for key, value in manifest.outputs.items():
         if isinstance(value, (str, int, float)):
-            print(f"  {key}: {value}")
+            text = str(value)
+            print(f"  {key}: {text if len(text) <= 160 else text[:100] + ' ... (manifest.json has it whole)'}")
     print(f"  counts: {json.dumps(manifest.counts.get('total', manifest.counts), ensure_ascii=False)}")
     return 0
 
