@@ -83,7 +83,8 @@ def _add_plan(stages) -> None:
     sub = stages.add_parser("plan", help="GPU and CPU memory per worker of a pretrain/sft config, and whether it fits.",
                             description="Estimate per-worker GPU memory and CPU RAM of a pretrain/sft config under "
                             "ZeRO-3 with and without offload (formulas: lmforge/train/plan.py), against "
-                            "plan.gpu_memory_gib / plan.cpu_memory_gib. Exit 0: it fits; 1: it does not.")
+                            "plan.gpu_memory_gib / plan.cpu_memory_gib. Exit 0: it fits; 1: it does not; 2: it cannot be "
+                            "planned.")
     sub.add_argument("config", help="YAML config of lmforge pretrain or sft")
     sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. micro_batch_size=2")
 

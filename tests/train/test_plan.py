@@ -107,6 +107,12 @@ def test_unknown_sequence_length_is_an_error_naming_the_field(tmp_path):
         sequence_and_vocab(_llama_7b(tmp_path, "plan.sequence_length=null"))
 
 
+def test_unknown_vocabulary_is_an_error_naming_the_field(tmp_path):
+    cfg = load_config(TrainConfig, REPO / "configs/demo/pretrain.yaml", [f"data.dir={tmp_path}"])
+    with pytest.raises(ValueError, match="set model.config.vocab_size"):
+        model_shape(cfg, vocab_size=0)
+
+
 def test_a_7b_without_checkpointing_or_offload_does_not_fit_48_gib_and_says_what_to_change(tmp_path):
     cfg = _llama_7b(tmp_path, "model.gradient_checkpointing=false", "plan.cpu_memory_gib=512")
     report, fits = plan_report(cfg, "test")

@@ -90,7 +90,13 @@ def model_shape(cfg: TrainConfig, vocab_size: int) -> ModelShape:
 
     from lmforge.train.model import model_config
 
-    config = model_config(cfg.model, vocab_size)
+    if cfg.model.architecture and not (vocab_size or cfg.model.config.get("vocab_size")):
+        raise ValueError("the vocabulary size is unknown: prepare data.dir (its tokenizer) or set model.config.vocab_size")
+    try:
+        config = model_config(cfg.model, vocab_size)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; plan reads only its config.json, which can be copied there alone") from None
+    config.vocab_size = max(config.vocab_size, vocab_size)  # training grows embeddings to the tokenizer's
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in model.parameters())  # a tied weight once, as DeepSpeed's model_to_params
@@ -197,14 +203,14 @@ def plan_report(cfg: TrainConfig, where: str) -> tuple[str, bool]:
 
 
 def _describe_run(cfg: TrainConfig, shape: ModelShape, seq_len: int, seq_source: str) -> list[str]:
-    lora = f"; LoRA r={cfg.lora.r} trains {shape.trainable_params / 1e6:.1f}M" if cfg.lora.enabled else ""
+    lora = f"; LoRA r={cfg.lora.r} trains {_count(shape.trainable_params)}" if cfg.lora.enabled else ""
     nodes = math.ceil(cfg.num_workers / cfg.plan.gpus_per_node)
     checkpointing = "on" if cfg.model.gradient_checkpointing else "off"
     param_bytes = 4 if cfg.zero.precision == "fp32" else 2
     cpu_limit = f"of {cfg.plan.cpu_memory_gib:g} GiB" if cfg.plan.cpu_memory_gib else "set plan.cpu_memory_gib to check"
     return [
-        (f"  model     {cfg.model.path or cfg.model.architecture} ({shape.model_type}): {shape.params / 1e9:.2f}B "
-         f"parameters, largest module {shape.largest_module_params / 1e6:.0f}M, {shape.layers} layers x hidden "
+        (f"  model     {cfg.model.path or cfg.model.architecture} ({shape.model_type}): {_count(shape.params)} "
+         f"parameters, largest module {_count(shape.largest_module_params)}, {shape.layers} layers x hidden "
          f"{shape.hidden}, vocabulary {shape.vocab}{lora}"),
         (f"  run       {cfg.num_workers} workers = {nodes} node(s) x {cfg.plan.gpus_per_node} GPUs, {cfg.zero.precision}, "
          f"micro batch {cfg.micro_batch_size} x {seq_len} tokens ({seq_source}), gradient checkpointing {checkpointing}"),
@@ -215,6 +221,10 @@ def _describe_run(cfg: TrainConfig, shape: ModelShape, seq_len: int, seq_source:
         (f"    {'offload':<18}{'model states':>13}{'activations':>13}{'GPU peak':>11}  {'GPU':<9}{'CPU/worker':>11}"
          f"{'CPU/node':>10}  CPU"),
     ]
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def _row(mem: Memory, cfg: TrainConfig) -> str:
