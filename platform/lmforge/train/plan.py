@@ -17,18 +17,20 @@ Without zero_init DeepSpeed also moves the whole model, cast to P bytes, to each
 it (engine._configure_distributed_model), so a GPU needs P*N once at start whatever the offload.
 
 Activations per worker for micro batch b, sequence length s (hidden h, key/value width h_kv, MLP width i,
-a heads, l layers, vocabulary V, p bytes per activation = P), elements saved for backward per layer:
-    s*b*(6h + 2h_kv + k*i)   norm inputs 2h, attention input h, q/k/v h + 2h_kv, attention output h,
-                             MLP input h, MLP k*i (k = 4 gated: gate, up, act, product; k = 2: fc1, act)
-    + b*a*s^2 * (4 + p)/p    only for eager attention (Bloom): fp32 softmax output and its p-byte copy
-    no checkpointing:  l * per_layer * p
-    checkpointing:     l * s*b*h * p (each layer's input) + per_layer * p (one layer recomputed in backward)
-    + logits s*b*V * (p + 8) (model-dtype logits, fp32 log-softmax and its gradient in the loss)
+a heads, l layers, vocabulary V, p bytes per activation = P), bytes saved for backward by one layer:
+    per_layer = s*b*(6h + 2h_kv + k*i) * p    norm inputs 2h, attention input h, q/k/v h + 2h_kv, attention
+                                              output h, MLP input h, MLP k*i (k = 4 gated: gate, up, act,
+                                              product; k = 2: fc1, act)
+              + b*a*s^2 * (4 + p)             eager attention only (Bloom): fp32 softmax output + p-byte copy
+    no checkpointing:  l * per_layer
+    checkpointing:     l * s*b*h * p (each layer's input) + per_layer (one layer recomputed in backward)
+    + logits s*b*V * (p + 8)                  model-dtype logits, fp32 log-softmax and its gradient (the loss)
 This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models": 34sbh bytes
 per GPT layer) without dropout masks and with fused attention; expect it to be within ~20%.
 
-A configuration fits when max(GPU model states + activations, P*N) <= 90% of plan.gpu_memory_gib (the rest is the CUDA
-context, NCCL buffers and allocator fragmentation) and, when plan.cpu_memory_gib is set, CPU per node <= it.
+A configuration fits when max(GPU model states + activations, P*N) <= 90% of plan.gpu_memory_gib (the rest
+is the CUDA context, NCCL buffers and allocator fragmentation) and, when plan.cpu_memory_gib is set, CPU per
+node <= it.
 """
 
 from __future__ import annotations
