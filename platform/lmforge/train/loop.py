@@ -33,7 +33,7 @@ from lmforge.train.checkpoint import (
 from lmforge.train.data import TrainData
 from lmforge.train.deepspeed_config import deepspeed_config, patch_deepspeed_for_cpu
 from lmforge.train.metrics import MetricsLog, model_flops_utilisation
-from lmforge.train.model import apply_lora, build_model, flops_per_token
+from lmforge.train.model import apply_lora, build_model
 
 
 class NonFiniteLoss(RuntimeError):
@@ -55,7 +55,7 @@ def train_loop(config: dict) -> None:
         remove_unregistered_checkpoints(config["run_dir"], state.step)
 
     log = MetricsLog(config["run_dir"], enabled=rank == 0, total_steps=total_steps)
-    flops = flops_per_token(model.config, seq_len=data.sequence_length)
+    flops = config["flops_per_token"]
     last_saved = state.step
     step_started, step_losses, step_tokens = time.perf_counter(), [], 0
     for epoch in range(state.epoch, config["epochs"]):
@@ -121,7 +121,7 @@ def start_engine(cfg: TrainConfig, data: TrainData, total_steps: int, context) -
     ds_config = deepspeed_config(cfg, on_gpu=cfg.use_gpu, total_steps=total_steps)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        engine = _initialize(cfg, data, ds_config)
+        engine = build_engine(cfg, data, ds_config)
         if engine.lr_scheduler is not None:
             engine.lr_scheduler.step(0)  # DeepSpeed's first step would otherwise run at the pre-warmup lr (0)
         return engine, TrainerState(world_size=context.get_world_size())
@@ -131,14 +131,22 @@ def start_engine(cfg: TrainConfig, data: TrainData, total_steps: int, context) -
         tag = universal_tag(resume_dir, state, context.get_world_size(), context.get_local_rank())
         if tag:
             ds_config["checkpoint"] = {"load_universal": True}
-        engine = _initialize(cfg, data, ds_config)
+        engine = build_engine(cfg, data, ds_config)
         engine.load_checkpoint(resume_dir, tag=tag or state.tag)
     return engine, state
 
 
-def _initialize(cfg: TrainConfig, data: TrainData, ds_config: dict):
+def build_engine(cfg: TrainConfig, data: TrainData, ds_config: dict):
+    """The model (from `cfg.model`, + LoRA) wrapped by `deepspeed.initialize` with `ds_config`."""
     import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
 
+    # Under ZeRO-3 transformers builds or loads the model inside deepspeed.zero.Init, so a worker only
+    # ever holds its partition: built whole, a 7B model takes 28 GB of RAM in each of a node's 8 workers.
+    # transformers finds this object through a weak reference: it must outlive the engine.
+    # DeepSpeed takes over Ray Train's process group first: its config checks the batch against the world size.
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
+    hf_deepspeed_config = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
     model = build_model(cfg.model, data.vocab_size, cfg.seed)
     if cfg.lora.enabled:
         with torch.random.fork_rng(devices=[]):
@@ -146,6 +154,7 @@ def _initialize(cfg: TrainConfig, data: TrainData, ds_config: dict):
             model = apply_lora(model, cfg.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+    engine.hf_deepspeed_config = hf_deepspeed_config
     return engine
 
 

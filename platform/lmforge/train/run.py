@@ -25,7 +25,7 @@ from lmforge.runtime import init_ray
 from lmforge.train.data import TrainData, epoch_dataset, eval_dataset, load_train_data
 from lmforge.train.deepspeed_config import deepspeed_config
 from lmforge.train.loop import train_loop
-from lmforge.train.model import max_positions, model_config
+from lmforge.train.model import flops_per_token, max_positions, model_config
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
         train_loop_config={
             "cfg": cfg.model_dump(), "data": asdict(data), "total_steps": total_steps, "epochs": epochs,
             "run_dir": str(run_dir),
+            # here, not in the workers: there transformers would build even this meta-device copy under ZeRO-3
+            "flops_per_token": flops_per_token(model_config(cfg.model, data.vocab_size), data.sequence_length),
             "peak_flops": cfg.peak_tflops_per_worker * 1e12 * cfg.num_workers if cfg.peak_tflops_per_worker else None,
         },
         scaling_config=ScalingConfig(
