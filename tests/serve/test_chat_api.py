@@ -1,51 +1,15 @@
-"""lmforge serve: a real Ray Serve app with vLLM on CPU, through the openai client. One app for the module."""
+"""lmforge serve: a real Ray Serve app with vLLM on CPU, through the openai client (the app of conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import httpx
 import openai
 import pytest
 from checkpoint_helpers import QA
-
-KEY = "test-key-1"
-MODEL = "tiny-chat"
-QUESTION, ANSWER = QA[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def api_url(ray_local, chat_model_dir, tmp_path_factory):
-    from ray import serve
-
-    from lmforge.config import ServeConfig
-    from lmforge.serve.run import start_app
-
-    cfg = ServeConfig(model_dir=str(chat_model_dir), model_id=MODEL, api_keys=[KEY], max_prompt_tokens=48,
-                      max_tokens_limit=64, output_dir=str(tmp_path_factory.mktemp("serve")), port=_free_port())
-    started = time.perf_counter()
-    url = start_app(cfg)
-    print(f"\nserve.run healthy after {time.perf_counter() - started:.0f} s")
-    yield url
-    serve.shutdown()
-
-
-@pytest.fixture
-def client(api_url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api_url, api_key=KEY, max_retries=0)
-
-
-def _ask(client, stream: bool, max_tokens: int = 64):
-    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
-                                          temperature=0, max_tokens=max_tokens, stream=stream)
+from served_app import ANSWER, KEY, MODEL, QUESTION, ask
 
 
 def test_models_lists_the_model_id(client):
@@ -53,16 +17,16 @@ def test_models_lists_the_model_id(client):
 
 
 def test_chat_answers_in_the_trained_template_and_stops_at_eos(client):
-    choice = _ask(client, stream=False).choices[0]
+    choice = ask(client, stream=False).choices[0]
     assert choice.message.content == ANSWER
     assert choice.finish_reason == "stop"  # the EOS, long before max_tokens=64
 
 
 def test_streamed_chat_arrives_piece_by_piece_and_equals_the_plain_answer(client):
-    chunks = [c for c in _ask(client, stream=True) if c.choices]
+    chunks = [c for c in ask(client, stream=True) if c.choices]
     pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
     assert len(pieces) > 1
-    assert "".join(pieces) == _ask(client, stream=False).choices[0].message.content == ANSWER
+    assert "".join(pieces) == ask(client, stream=False).choices[0].message.content == ANSWER
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
@@ -80,7 +44,7 @@ def test_request_without_a_key_gets_401(api_url):
 def test_request_with_a_wrong_key_gets_401(api_url):
     wrong = openai.OpenAI(base_url=api_url, api_key="not-" + KEY, max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        _ask(wrong, stream=True)
+        ask(wrong, stream=True)
 
 
 def test_prompt_over_max_prompt_tokens_gets_400_naming_the_limit(client):
@@ -91,7 +55,7 @@ def test_prompt_over_max_prompt_tokens_gets_400_naming_the_limit(client):
 
 def test_max_tokens_above_the_limit_gets_400(client):
     with pytest.raises(openai.BadRequestError, match="max_tokens 65 is above this server's limit of 64"):
-        _ask(client, stream=False, max_tokens=65)
+        ask(client, stream=False, max_tokens=65)
     with pytest.raises(openai.BadRequestError, match="above this server's limit"):
         client.completions.create(model=MODEL, prompt=QUESTION, max_tokens=1000)
 

@@ -42,6 +42,7 @@ class ServeConfig(StrictModel):
     api_keys_env: str | None = Field(None, description="Environment variable holding more comma-separated keys.")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Longer prompts get 400 before the engine.")
     max_tokens_limit: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask for (else 400).")
+    health_timeout_s: float = Field(5.0, gt=0, description="GET /health answers 503 if Serve's controller is slower.")
     env: dict[str, str] = Field(
         default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
         description="Environment of the replicas (VLLM_CPU_KVCACHE_SPACE in GiB: else vLLM takes most of RAM).",

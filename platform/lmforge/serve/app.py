@@ -51,4 +51,5 @@ def build_app(cfg: ServeConfig) -> Application:
         max_prompt_tokens=cfg.max_prompt_tokens,
         max_tokens_limit=cfg.max_tokens_limit,
         tokenizer_dir=str(Path(cfg.model_dir).resolve()),
+        health_timeout_s=cfg.health_timeout_s,
     )

@@ -1,23 +1,35 @@
 """The OpenAI ingress of ray.serve.llm with API keys and request limits checked before the engine.
 
 `GuardedIngress` subclasses ray 2.60's `OpenAiIngress` (an internal module: ray is pinned) and
-exposes only /v1/models, /v1/models/{id}, /v1/completions and /v1/chat/completions. A request
-without a valid `Authorization: Bearer <key>` gets 401; a prompt over `max_prompt_tokens` or a
-`max_tokens` over `max_tokens_limit` gets 400. Neither reaches the vLLM replica. A request
-without `max_tokens` gets `max_tokens_limit` (vLLM's default would be the rest of the context).
+exposes only /v1/models, /v1/models/{id}, /v1/completions and /v1/chat/completions, plus GET
+/health. A request without a valid `Authorization: Bearer <key>` gets 401; a prompt over
+`max_prompt_tokens` or a `max_tokens` over `max_tokens_limit` gets 400. Neither reaches the vLLM
+replica. A request without `max_tokens` gets `max_tokens_limit` (vLLM's default would be the rest
+of the context). A stream whose replica fails midway ends with an OpenAI error event (the openai
+client raises APIError) instead of stopping silently as if the answer were complete.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.exceptions import RayActorError
 from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest, CompletionRequest
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, OpenAiIngress
 
-ENDPOINTS = {name: DEFAULT_ENDPOINTS[name] for name in ("models", "model_data", "completions", "chat")}
+log = logging.getLogger(__name__)
+ENDPOINTS = {
+    **{name: DEFAULT_ENDPOINTS[name] for name in ("models", "model_data", "completions", "chat")},
+    "health": lambda app: app.get("/health"),
+}
 
 
 def openai_error(status: int, message: str, kind: str) -> JSONResponse:
@@ -28,8 +40,9 @@ def openai_error(status: int, message: str, kind: str) -> JSONResponse:
 class GuardedIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, lora_paths=None, api_keys: list[str] = (),
                  max_prompt_tokens: int | None = None, max_tokens_limit: int | None = None,
-                 tokenizer_dir: str | None = None):
+                 tokenizer_dir: str | None = None, health_timeout_s: float = 5.0):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        self._health_timeout_s = health_timeout_s
         self._api_keys = [key.encode() for key in api_keys]
         self._max_prompt_tokens = max_prompt_tokens
         self._max_tokens_limit = max_tokens_limit
@@ -47,11 +60,29 @@ class GuardedIngress(OpenAiIngress):
 
     async def completions(self, body: CompletionRequest, request: Request):
         rejected = self._unauthorized(request) or self._apply_limits(body, self._prompt_tokens(body.prompt))
-        return rejected or await super().completions(body, request)
+        return rejected or await _engine_response(super().completions(body, request))
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
         rejected = self._unauthorized(request) or self._apply_limits(body, self._chat_tokens(body.messages))
-        return rejected or await super().chat(body, request)
+        return rejected or await _engine_response(super().chat(body, request))
+
+    async def health(self) -> JSONResponse:
+        """GET /health, open (load balancers carry no key): 200 when every model has a RUNNING replica, else 503.
+
+        RUNNING means the replica passed Serve's last health check, which asks the vLLM engine
+        (every health_check_period_s, 10 s). Read from Serve's controller, not by sending the
+        replica a request: a replica busy with max_ongoing_requests is healthy, not down.
+        """
+        try:
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), self._health_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a controller we cannot reach vouches for nothing
+            return JSONResponse(status_code=503, content={"status": "unavailable",
+                                                          "error": f"Serve status unavailable: {exc!r}"})
+        models = {model_id: _deployment_health(status, handle)
+                  for model_id, handle in self._default_serve_handles.items()}
+        ready = all(model["ready"] for model in models.values())
+        return JSONResponse(status_code=200 if ready else 503,
+                            content={"status": "ok" if ready else "unavailable", "models": models})
 
     def _unauthorized(self, request: Request) -> JSONResponse | None:
         if not self._api_keys:
@@ -93,6 +124,45 @@ class GuardedIngress(OpenAiIngress):
             ids = self._tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=True)
             return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         return count
+
+
+def _deployment_health(status, handle) -> dict:
+    """Replica states of the model's deployment; ready with a RUNNING replica, or none on purpose (scaled to zero)."""
+    app = status.applications.get(handle.app_name)
+    deployment = app.deployments.get(handle.deployment_name) if app else None
+    if deployment is None:
+        return {"ready": False, "deployment": handle.deployment_name, "status": "NOT_FOUND", "replicas": {}}
+    replicas = {getattr(state, "value", state): n for state, n in deployment.replica_states.items() if n}
+    deployment_status = getattr(deployment.status, "value", deployment.status)
+    ready = replicas.get("RUNNING", 0) > 0 or (not replicas and deployment_status == "HEALTHY")
+    return {"ready": ready, "deployment": handle.deployment_name, "status": deployment_status, "replicas": replicas}
+
+
+async def _engine_response(response: Awaitable):
+    """The engine's response; 503 (retryable) if its replica died before answering; a stream that fails
+    later ends with an OpenAI error event."""
+    try:
+        response = await response
+    except RayActorError as exc:  # without this, Ray's middleware answers a bare 500
+        return openai_error(503, f"The model replica failed ({type(exc).__name__}); retry the request.",
+                            "server_error")
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _error_event_on_failure(response.body_iterator)
+    return response
+
+
+async def _error_event_on_failure(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    # Without this a replica that dies mid-answer ends the stream like a finished one (no [DONE],
+    # but clients do not check); vLLM's own server sends the same error event then [DONE].
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as exc:  # noqa: BLE001 - any failure of the replica or its engine ends this stream
+        log.warning("stream failed midway: %r", exc)
+        error = {"message": f"The model replica failed while generating ({type(exc).__name__}); retry the request.",
+                 "type": "server_error", "code": 503}
+        yield f"data: {json.dumps({'error': error})}\n\n"
+        yield "data: [DONE]\n\n"
 
 
 def _text(content: Any) -> str:

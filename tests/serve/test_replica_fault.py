@@ -1,0 +1,105 @@
+"""A vLLM replica killed (SIGKILL) mid-answer: every stream in flight ends in an error, never a hang or a
+silently short answer; Serve starts a new replica, /health says so, and the next request is answered.
+
+Runs after the other serve tests (marker kills_replica): the app is down while the replica restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import openai
+import psutil
+import pytest
+from served_app import ANSWER, KEY, MODEL, QUESTION, ask
+
+STREAMS = 8
+CLIENT_TIMEOUT_S = 60  # an upper bound on every request: a bug here fails the test instead of hanging the suite
+RESTART_DEADLINE_S = 420  # a replica takes 45-130 s to start on 2 idle cores, far longer on a loaded machine
+
+
+def _replica_pid(ray) -> int | None:
+    """Pid of the running LLMServer replica actor, from the GCS actor table (the state API needs the dashboard)."""
+    from ray._private import state
+
+    pids = [actor["Pid"] for actor in state.actors(actor_state_name="ALIVE").values()
+            if actor["ActorClassName"].endswith(f"LLMServer:{MODEL}")]
+    return pids[0] if pids else None
+
+
+async def _streams_with_kill(api_url: str, pid: int) -> list:
+    """STREAMS greedy streams of 64 tokens (ignore_eos); SIGKILL the replica when the first piece arrives."""
+    first_piece = asyncio.Event()
+
+    async def stream_one(aclient: openai.AsyncOpenAI) -> str:
+        stream = await aclient.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=64,
+            stream=True, extra_body={"ignore_eos": True})
+        text = ""
+        async for chunk in stream:
+            first_piece.set()
+            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+        return text
+
+    async def kill_on_first_piece():
+        await first_piece.wait()
+        os.kill(pid, signal.SIGKILL)
+
+    async with openai.AsyncOpenAI(base_url=api_url, api_key=KEY, max_retries=0, timeout=CLIENT_TIMEOUT_S) as aclient:
+        killer = asyncio.create_task(kill_on_first_piece())
+        results = await asyncio.gather(*(stream_one(aclient) for _ in range(STREAMS)), return_exceptions=True)
+        await asyncio.wait_for(killer, 5)
+    return results
+
+
+def _running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """The processes still alive; a zombie counts as gone (its parent died; who reaps it is up to the container)."""
+    alive = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _wait_for_new_replica(api_url: str, ray, old_pid: int) -> float:
+    """Seconds until /health says ok with a replica other than the killed one."""
+    started = time.monotonic()
+    while time.monotonic() - started < RESTART_DEADLINE_S:
+        health = httpx.get(f"{api_url.removesuffix('/v1')}/health", timeout=30)
+        if health.status_code == 200 and _replica_pid(ray) not in (None, old_pid):
+            return time.monotonic() - started
+        time.sleep(3)
+    pytest.fail(f"no healthy replica {RESTART_DEADLINE_S} s after the kill; last /health: {health.text}")
+
+
+@pytest.mark.kills_replica
+def test_killed_replica_fails_the_streams_in_flight_then_serve_restarts_it(ray_local, api_url, client):
+    pid = _replica_pid(ray_local)
+    engine_processes = psutil.Process(pid).children(recursive=True)  # vLLM's EngineCore and its worker
+    assert engine_processes, "expected vLLM's engine process under the replica"
+
+    started = time.monotonic()
+    results = asyncio.run(_streams_with_kill(api_url, pid))
+    print(f"\n{STREAMS} streams ended {time.monotonic() - started:.1f} s after they started: "
+          f"{[type(r).__name__ + ': ' + str(r)[:80] for r in results]}")
+    for result in results:  # the stream that was answering: an error event; those still waiting: 503
+        assert isinstance(result, openai.APIError), f"a stream ended without an error: {result!r}"
+        assert "The model replica failed" in result.message, f"not the replica's failure: {result!r}"
+    assert any("while generating" in result.message for result in results), "no stream failed midway"
+
+    deadline = time.monotonic() + 30
+    while _running(engine_processes) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _running(engine_processes), "vLLM processes of the killed replica are still running"
+
+    waited = _wait_for_new_replica(api_url, ray_local, pid)
+    print(f"new replica healthy {waited:.0f} s after the kill")
+    answer = ask(client, stream=False, timeout=CLIENT_TIMEOUT_S)
+    assert answer.choices[0].message.content == ANSWER
