@@ -78,6 +78,15 @@ def test_every_file_gets_its_record_format(all_files_run):
     }
 
 
+def test_a_big_jsonl_file_is_read_in_chunks_with_every_record_once(all_files_run):
+    manifest, _ = all_files_run
+    sharegpt = next(i for i in manifest.inputs if Path(i["path"]).name == "sharegpt_zh_1K_format.jsonl")
+    assert sharegpt["chunks"] > 1  # 4 MB of the run's 9.6 MB: chunks of 1.2 MB for 2 workers
+    assert manifest.counts["sources"]["general_zh"]["read"] == 1000
+    csv_input = next(i for i in manifest.inputs if i["path"].endswith(".csv"))
+    assert csv_input["chunks"] == 1  # a CSV row may span lines: never cut
+
+
 def test_same_ads_in_two_schemas_and_repeated_identities_are_deduplicated(all_files_run):
     manifest, _ = all_files_run
     advertise = manifest.counts["sources"]["advertise"]

@@ -1,7 +1,8 @@
 """`lmforge prepare-sft`: SFT datasets in any common schema -> label-masked, packed training rows.
 
     survey files, detect each file's record schema -> read into conversations (a task per chunk)
-      -> dedup instructions (exact + near, on the first user turn) -> render + label (actor pool)
+      -> dedup instructions (exact + near, on the first user turn)                  (read_sources.py)
+      -> render + label (actor pool)
       -> mixture (repeat / sample per dataset) -> pack (best-fit decreasing, per group)
       -> rows-NNNNN.parquet + manifest.json + quarantine.jsonl + dedup_clusters.jsonl
 
@@ -13,6 +14,7 @@ convert and serving use the very same ones.
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,39 +27,19 @@ from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
 from lmforge.config import SFTDataConfig
-from lmforge.data.accounting import (
-    drop_keys,
-    reconcile_counts,
-    removed_by_source,
-    reset_output_dir,
-    status_counts,
-    write_duplicate_sample,
-    write_quarantine,
-)
+from lmforge.data.accounting import drop_keys, reset_output_dir
 from lmforge.data.chat_render import ChatRenderer, NothingToTrain, SampleTooLong
 from lmforge.data.conversation import Conversation
-from lmforge.data.dedup_dataset import find_duplicates
 from lmforge.data.mixing import mixture_factors, repeat_by_mixture
+from lmforge.data.read_sources import read_sources
 from lmforge.data.readers import read_chunk
 from lmforge.data.sft_formats import detect_file_record_format, to_conversation
 from lmforge.data.sft_packing import pack_samples
-from lmforge.data.sources import (
-    PlannedChunk,
-    SourceFile,
-    list_source_files,
-    plan_chunks,
-    read_records,
-    survey_source_file,
-)
+from lmforge.data.sources import SourceFile, list_source_files, read_records
 from lmforge.data.tokenize import load_fast_tokenizer
-from lmforge.data.tokenizer import tokenizer_identity
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
 
-CONVERSATION_SCHEMA = pa.schema([
-    ("key", pa.int64()), ("chunk", pa.int64()), ("source", pa.string()), ("line", pa.int64()),
-    ("text", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("raw", pa.string()),
-])
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -67,15 +49,9 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
     out = reset_output_dir(cfg.output_dir, "rows-*.parquet")
     init_ray(cfg.ray)
 
-    survey = ray.remote(num_cpus=1)(survey_source_file)
-    surveys = ray.get([survey.remote(f, int(cfg.read.chunk_mb * 1024**2)) for f in files])
-    files = resolve_record_formats(files, surveys)
-    chunks = plan_chunks(files, surveys)
-    docs = read_conversations(chunks, cfg.workers).materialize()
-    kept = docs.filter(expr=col("status") == "ok")
-    instructions = kept.map_batches(_first_user_turns, batch_format="pyarrow")
-    duplicates = find_duplicates(instructions, cfg.dedup, cfg.seed, cfg.workers)
-    samples = render_samples(kept, duplicates.removed, cfg).materialize()
+    records = read_sources(files, cfg, partial(read_records, convert=_conversation_json),
+                           resolve_files=resolve_record_formats, dedup_text=_first_user_turns)
+    samples = render_samples(records.kept, records.duplicates.removed, cfg).materialize()
     rendered = samples.filter(expr=col("status") == "ok")
 
     sample_stats = _sample_stats(samples)
@@ -86,52 +62,29 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
     mixed = repeat_by_mixture(rendered, factors, cfg.seed)
     shards = pack_and_write(mixed, cfg, out)
 
-    source_of_file = [f.source.name for f in files]
-    statuses = status_counts(docs, surveys, source_of_file)
-    for name, stats in sample_stats.items():  # too long, or nothing to train: dropped after rendering
-        for status, count in stats["filtered"].items():
-            statuses[name]["ok"] -= count
-            statuses[name][status] = count
-    counts = reconcile_counts(
-        cfg.sources, statuses, removed_by_source(duplicates, source_of_file),
+    counts = records.counts(
         {name: {"documents": s["samples"], "tokens": s["tokens"]} for name, s in sample_stats.items()},
         factors, _output_stats(mixed),
+        filtered_later={name: s["filtered"] for name, s in sample_stats.items()},  # too long, nothing to train
     )
     for name, row in counts["sources"].items():
         row["truncated"] = sample_stats.get(name, {}).get("truncated", 0)
         row["trained_tokens"] = sample_stats.get(name, {}).get("trained_tokens", 0)
-    write_quarantine(docs, files, surveys, out / "quarantine.jsonl")
-    write_duplicate_sample(docs, duplicates.clusters, files, out / "dedup_clusters.jsonl")
 
     totals = {key: sum(s[key] for s in shards) for key in ("rows", "samples", "tokens", "trained_tokens")}
-    manifest = Manifest(
-        stage="prepare-sft",
-        config=cfg.model_dump(),
-        inputs=[{"source": f.source.name, "path": str(Path(f.path).resolve()), "record_format": f.source.record_format}
-                | ({"error": s} if isinstance(s, str) else
-                   {"size": s.size, "sha256": s.sha256, "encoding": s.encoding, "format": s.format})
-                for f, s in zip(files, surveys)],
-        outputs={
-            "dir": str(out.resolve()),
-            "shards": shards,
-            "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
-                        "boundaries": "list<int32>", "keys": "list<int64>", "row": "int64"},
-            "max_length": cfg.max_length,
-            "pack_mode": cfg.pack.mode,
-            "template": cfg.template,
-            "chat_template": renderer.chat_template,
-            "eos_token_id": renderer.eos_token_id,
-            **totals,
-            "utilisation": round(totals["tokens"] / max(totals["rows"] * cfg.max_length, 1), 6),
-            "trained_token_share": round(totals["trained_tokens"] / max(totals["tokens"], 1), 6),
-            "tokenizer": tokenizer_identity(cfg.tokenizer),
-            "quarantine": "quarantine.jsonl",
-            "dedup_clusters": "dedup_clusters.jsonl",
-        },
-        counts=counts,
-    )
-    manifest.write(out)
-    return manifest
+    return records.write_manifest("prepare-sft", out, {
+        "shards": shards,
+        "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
+                    "boundaries": "list<int32>", "keys": "list<int64>", "row": "int64"},
+        "max_length": cfg.max_length,
+        "pack_mode": cfg.pack.mode,
+        "template": cfg.template,
+        "chat_template": renderer.chat_template,
+        "eos_token_id": renderer.eos_token_id,
+        **totals,
+        "utilisation": round(totals["tokens"] / max(totals["rows"] * cfg.max_length, 1), 6),
+        "trained_token_share": round(totals["trained_tokens"] / max(totals["tokens"], 1), 6),
+    }, counts)
 
 
 def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[SourceFile]:
@@ -149,20 +102,6 @@ def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[Sourc
 def _detect_file_format(file: SourceFile, survey) -> str:
     first = next((r.fields for chunk in survey.chunks for r in read_chunk(chunk) if r.fields is not None), None)
     return detect_file_record_format(file.path, first)
-
-
-def read_conversations(chunks: list[PlannedChunk], workers: int) -> ray.data.Dataset:
-    """One row per record: the conversation as JSON, or status quarantined with file, line and reason."""
-    index = ray.data.from_items([{"chunk": c.index} for c in chunks], override_num_blocks=max(len(chunks), 1))
-    return index.map_batches(
-        _read_chunk_conversations, batch_size=1, batch_format="numpy", fn_kwargs={"chunks": chunks},
-        concurrency=workers,
-    )
-
-
-def _read_chunk_conversations(batch: dict, chunks: list[PlannedChunk]) -> pa.Table:
-    rows = [row for i in batch["chunk"] for row in read_records(chunks[int(i)], convert=_conversation_json)]
-    return pa.Table.from_pylist(rows, schema=CONVERSATION_SCHEMA)
 
 
 def _conversation_json(fields: dict, source) -> str:
