@@ -30,6 +30,7 @@ from lmforge.config import SFTDataConfig
 from lmforge.data.accounting import drop_keys, reset_output_dir
 from lmforge.data.chat_render import ChatRenderer, NothingToTrain, SampleTooLong
 from lmforge.data.conversation import Conversation
+from lmforge.data.hashing import splitmix64
 from lmforge.data.mixing import mixture_factors, repeat_by_mixture
 from lmforge.data.read_sources import read_sources
 from lmforge.data.readers import read_chunk
@@ -39,8 +40,6 @@ from lmforge.data.sources import SourceFile, list_source_files, read_records
 from lmforge.data.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
@@ -191,10 +190,8 @@ def pack_and_write(mixed: ray.data.Dataset, cfg: SFTDataConfig, out: Path) -> li
 
 
 def _assign_group(batch: pa.Table, groups: int) -> pa.Table:
-    with np.errstate(over="ignore"):
-        mixed = (batch.column("key").to_numpy().astype(np.uint64) * _GOLDEN
-                 + batch.column("copy").to_numpy().astype(np.uint64)) * _GOLDEN
-    return batch.append_column("group", pa.array((mixed >> np.uint64(33)) % np.uint64(groups), pa.int64()))
+    hashed = splitmix64(batch.column("key").to_numpy(), salt=batch.column("copy").to_numpy())
+    return batch.append_column("group", pa.array(hashed % np.uint64(groups), pa.int64()))
 
 
 def _pack_and_write_group(group: pa.Table, out_dir: str, capacity: int, mode: str) -> pa.Table:
