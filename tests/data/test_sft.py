@@ -6,12 +6,14 @@ import csv
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
 from lmforge.config import SFTDataConfig
-from lmforge.data.sft import run_prepare_sft
+from lmforge.data.conversation import Conversation, Turn
+from lmforge.data.sft import SampleRenderer, run_prepare_sft
 from lmforge.data.sources import LINE_BITS
 
 SFT_FILES = {
@@ -178,3 +180,17 @@ def test_tokenizer_template_trains_only_assistant_turns(ray_local, tiny_tokenize
     assert len(samples) == manifest.counts["sources"]["identity"]["output_documents"] > 0
     for _, ids, labels, _ in samples:
         assert tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]).removesuffix("</s>") in answers
+
+
+def test_rendered_rows_of_dropped_conversations_are_empty_and_say_why(tiny_tokenizer):
+    conversations = [
+        Conversation([Turn("user", "头痛怎么办？"), Turn("assistant", "多休息。")]),
+        Conversation([Turn("user", "发热？" * 50), Turn("assistant", "多喝水。" * 50)]),
+        Conversation([Turn("user", "没有回答")]),
+    ]
+    batch = pa.table({"key": [1, 2, 3], "chunk": [0, 0, 0], "source": ["s"] * 3,
+                      "text": [c.to_json() for c in conversations]})
+    rows = SampleRenderer(str(tiny_tokenizer), "classic", max_length=64)(batch).to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "filtered:too_long", "filtered:no_trained_turn"]
+    assert rows[0]["n_tokens"] == len(rows[0]["input_ids"]) > rows[0]["n_trained"] > 0
+    assert all(r["input_ids"] == r["labels"] == [] and r["n_tokens"] == r["n_trained"] == 0 for r in rows[1:])

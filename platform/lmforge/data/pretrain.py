@@ -12,7 +12,6 @@ read = kept + filtered + exact duplicates + near duplicates + quarantined.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -35,8 +34,6 @@ from lmforge.data.sources import PlannedChunk, list_source_files, read_records
 from lmforge.data.tokenize import DocumentTokenizer, TokenizerSpec
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
-
-log = logging.getLogger(__name__)
 
 
 def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:

@@ -28,7 +28,7 @@ from ray.data.expressions import col
 
 from lmforge.config import SFTDataConfig
 from lmforge.data.accounting import drop_keys, reset_output_dir
-from lmforge.data.chat_render import ChatRenderer, NothingToTrain, SampleTooLong
+from lmforge.data.chat_render import IGNORE_INDEX, ChatRenderer, NothingToTrain, RenderedSample, SampleTooLong
 from lmforge.data.conversation import Conversation
 from lmforge.data.hashing import splitmix64
 from lmforge.data.mixing import mixture_factors, repeat_by_mixture
@@ -40,6 +40,9 @@ from lmforge.data.sources import SourceFile, list_source_files, read_records
 from lmforge.data.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
+
+# The row of a conversation dropped after rendering (too long, or nothing to train): no tokens.
+_NO_SAMPLE = RenderedSample(np.zeros(0, np.int32), np.zeros(0, np.int32), turns_kept=0, turns_total=0)
 
 
 def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
@@ -119,26 +122,27 @@ class SampleRenderer:
         self._renderer = ChatRenderer(load_fast_tokenizer(tokenizer_path), template, max_length)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids, labels, status, truncated = [], [], [], []
-        for text in batch.column("text").to_pylist():
-            try:
-                sample = self._renderer.render(Conversation.from_json(text))
-            except (SampleTooLong, NothingToTrain) as exc:
-                reason = "too_long" if isinstance(exc, SampleTooLong) else "no_trained_turn"
-                ids.append([]), labels.append([]), status.append(f"filtered:{reason}"), truncated.append(0)
-                continue
-            ids.append(sample.input_ids), labels.append(sample.labels), status.append("ok")
-            truncated.append(int(sample.turns_kept < sample.turns_total))
-        input_ids = pa.array(ids, pa.list_(pa.int32()))
-        label_ids = pa.array(labels, pa.list_(pa.int32()))
-        n_trained = [int((np.asarray(lab) != -100).sum()) for lab in labels]
+        rendered = [self._render(text) for text in batch.column("text").to_pylist()]
+        samples = [sample for sample, _ in rendered]
+        input_ids = pa.array([s.input_ids for s in samples], pa.list_(pa.int32()))
         return pa.table({
             "key": batch.column("key"), "chunk": batch.column("chunk"), "source": batch.column("source"),
-            "input_ids": input_ids, "labels": label_ids,
+            "input_ids": input_ids,
+            "labels": pa.array([s.labels for s in samples], pa.list_(pa.int32())),
             "n_tokens": pc.list_value_length(input_ids).cast(pa.int64()),
-            "n_trained": pa.array(n_trained, pa.int64()),
-            "truncated": pa.array(truncated, pa.int64()), "status": pa.array(status),
+            "n_trained": pa.array([int((s.labels != IGNORE_INDEX).sum()) for s in samples], pa.int64()),
+            "truncated": pa.array([int(s.turns_kept < s.turns_total) for s in samples], pa.int64()),
+            "status": pa.array([status for _, status in rendered], pa.string()),
         })
+
+    def _render(self, text: str) -> tuple[RenderedSample, str]:
+        """The sample and status "ok", or an empty sample and "filtered:<why>"."""
+        try:
+            return self._renderer.render(Conversation.from_json(text)), "ok"
+        except SampleTooLong:
+            return _NO_SAMPLE, "filtered:too_long"
+        except NothingToTrain:
+            return _NO_SAMPLE, "filtered:no_trained_turn"
 
 
 def render_samples(kept: ray.data.Dataset, removed: np.ndarray, cfg: SFTDataConfig) -> ray.data.Dataset:
