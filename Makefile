@@ -21,12 +21,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	touch $@
 
-# Every stage that exists, end to end on a local Ray with the shared samples; outputs in $(RUNS)/demo.
+# The whole pipeline on a local Ray with the shared samples; outputs in $(RUNS)/demo (started afresh).
+DEMO_QUESTION ?= 感冒了应该怎么办？
 demo: install
+	rm -rf $(RUNS)/demo
 	$(BIN)/lmforge train-tokenizer configs/demo/tokenizer.yaml
 	$(BIN)/lmforge prepare-pretrain configs/demo/pretrain_data.yaml
 	$(BIN)/lmforge prepare-sft configs/demo/sft_data.yaml
-	@echo "demo outputs in $(RUNS)/demo: tokenizer/, pretrain_data/, sft_data/ (each with manifest.json)"
+	$(BIN)/lmforge pretrain configs/demo/pretrain.yaml
+	$(BIN)/lmforge convert configs/demo/convert_pretrain.yaml
+	$(BIN)/lmforge sft configs/demo/sft.yaml
+	$(BIN)/lmforge convert configs/demo/convert.yaml
+	$(BIN)/lmforge serve configs/demo/serve.yaml ask_once="$(DEMO_QUESTION)"
+	@echo "demo outputs in $(RUNS)/demo: tokenizer/ pretrain_data/ sft_data/ train/ pretrained_model/ model/ serve/"
 
 test: install
 	$(BIN)/python -m pytest

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. pack.block_size=2048")
         sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     _add_generate(stages)
+    _add_plan(stages)
     return parser
 
 
@@ -77,8 +78,33 @@ def _add_generate(stages) -> None:
     sub.add_argument("--max-new-tokens", type=int, default=256)
 
 
+def _add_plan(stages) -> None:
+    """`lmforge plan CONFIG [key=value ...]`: a pretrain/sft config, checked for memory instead of run."""
+    sub = stages.add_parser("plan", help="GPU and CPU memory per worker of a pretrain/sft config, and whether it fits.",
+                            description="Estimate per-worker GPU memory and CPU RAM of a pretrain/sft config under "
+                            "ZeRO-3 with and without offload (formulas: lmforge/train/plan.py), against "
+                            "plan.gpu_memory_gib / plan.cpu_memory_gib. Exit 0: it fits; 1: it does not; 2: it cannot be "
+                            "planned.")
+    sub.add_argument("config", help="YAML config of lmforge pretrain or sft")
+    sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. micro_batch_size=2")
+
+
+def _run_plan(args) -> int:
+    from lmforge.train.plan import plan_report
+
+    try:
+        report, fits = plan_report(load_config(TrainConfig, args.config, args.overrides), args.config)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"lmforge plan: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0 if fits else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.stage == "plan":
+        return _run_plan(args)
     if args.stage == "generate":
         from lmforge.convert.generate import run_generate
 
@@ -107,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nlmforge {args.stage}: done")
     for key, value in manifest.outputs.items():
         if isinstance(value, (str, int, float)):
-            print(f"  {key}: {value}")
+            text = str(value)
+            print(f"  {key}: {text if len(text) <= 160 else text[:100] + ' ... (manifest.json has it whole)'}")
     print(f"  counts: {json.dumps(manifest.counts.get('total', manifest.counts), ensure_ascii=False)}")
     return 0
 

@@ -22,7 +22,7 @@ def test_demo_config_loads_with_cpu_defaults():
 
 
 def test_cluster_config_asks_for_gpus_with_tensor_parallelism():
-    cfg = load_config(ServeConfig, REPO / "configs/cluster/serve.yaml")
+    cfg = load_config(ServeConfig, REPO / "configs/cluster/serve_tp2.yaml")
     assert cfg.accelerator == "gpu" and cfg.tensor_parallel_size == 2 and "VLLM_CPU_KVCACHE_SPACE" not in cfg.env
 
 

@@ -245,6 +245,13 @@ def test_a_run_restarted_after_a_killed_worker_reaches_the_weights_of_the_uninte
     assert _max_difference(_weights(final), _weights(_checkpoints(pretrain)[24])) <= 1e-5
 
 
+def test_after_a_killed_worker_only_checkpoints_ray_registered_stay_on_disk(killed):
+    run_dir = Path(killed["cfg"].storage_path) / killed["cfg"].run_name
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    registered = {result["checkpoint_dir_name"] for result in snapshot["checkpoint_results"]}
+    assert {d.name for d in run_dir.glob("checkpoint_*") if d.is_dir()} == registered
+
+
 def test_full_sft_loss_falls(sft):
     losses = [row["loss"] for row in _metrics(sft)]
     assert len(losses) == 16

@@ -28,6 +28,7 @@ from lmforge.config.train import (
     LoraConfig,
     ModelConfig,
     OptimConfig,
+    PlanConfig,
     TrainConfig,
     TrainDataConfig,
     ZeroConfig,
@@ -35,7 +36,7 @@ from lmforge.config.train import (
 
 __all__ = [
     "AutoscalingConfig", "BaseSourceConfig", "CheckpointConfig", "CleanConfig", "ConfigError", "ConvertConfig", "DedupConfig", "LoraConfig", "MixConfig", "ModelConfig",
-    "OptimConfig", "PackConfig", "PretrainDataConfig", "RayConfig", "ReadConfig", "SFTDataConfig", "SFTPackConfig",
+    "OptimConfig", "PackConfig", "PlanConfig", "PretrainDataConfig", "RayConfig", "ReadConfig", "SFTDataConfig", "SFTPackConfig",
     "SFTSourceConfig", "ServeConfig", "SourceConfig", "StrictModel", "TokenizeConfig", "TokenizerTrainConfig", "TrainConfig",
     "TrainDataConfig", "ZeroConfig", "describe_fields", "load_config",
 ]

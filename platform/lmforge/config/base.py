@@ -138,18 +138,34 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def describe_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """`key: type = default  description` lines for every (nested) field, for --help."""
-    lines = []
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED = _Required()  # the default of a field that has none
+
+
+def iter_fields(model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None):
+    """Yield (dotted key, field, default) for every setting of `model`, nested models flattened (lists of
+    models are one setting). A nested model's defaults are its owner's (ServeConfig's ray.num_cpus is 8)."""
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
+        if defaults is not None:
+            default = getattr(defaults, name)
+        else:
+            default = REQUIRED if field.is_required() else field.get_default(call_default_factory=True)
         inner = _inner_model(field.annotation)
         if inner is not None and not _is_list(field.annotation):
-            lines.extend(describe_fields(inner, prefix=f"{key}."))
-            continue
-        default = "required" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
-        lines.append(f"  {key} {default}  {field.description or ''}".rstrip())
-    return lines
+            yield from iter_fields(inner, f"{key}.", default if isinstance(default, BaseModel) else None)
+        else:
+            yield key, field, default
+
+
+def describe_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """`key: type = default  description` lines for every (nested) field, for --help."""
+    return [f"  {key} {'required' if default is REQUIRED else f'= {default!r}'}  {field.description or ''}".rstrip()
+            for key, field, default in iter_fields(model, prefix)]
 
 
 def _is_list(annotation: Any) -> bool:

@@ -50,6 +50,9 @@ class ServeConfig(StrictModel):
     host: str = Field("127.0.0.1", description="Address Serve's HTTP proxy binds (0.0.0.0 to accept other hosts).")
     port: int = Field(8000, ge=1, le=65535, description="Port of Serve's HTTP proxy.")
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=8))
+    ask_once: str | None = Field(
+        None, description="Ask this question through the API, print the streamed answer and stop (a smoke check)."
+    )
 
     @model_validator(mode="after")
     def _gpu_settings_need_gpu(self) -> ServeConfig:

@@ -71,6 +71,19 @@ class CheckpointConfig(StrictModel):
     keep_last: int = Field(2, ge=1, description="Checkpoints kept.")
 
 
+class PlanConfig(StrictModel):
+    """Read only by `lmforge plan`: the hardware a run is checked against (training ignores it)."""
+
+    gpu_memory_gib: float = Field(48, gt=0, description="Memory of one GPU (A6000: 48, A100/H100: 80).")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs (training workers) per node.")
+    cpu_memory_gib: float | None = Field(
+        None, gt=0, description="RAM of one node; set it to get a CPU verdict (offload and model loading use it)."
+    )
+    sequence_length: int | None = Field(
+        None, ge=8, description="Tokens per row before data.dir is prepared; its manifest's length wins."
+    )
+
+
 class TrainConfig(StrictModel):
     """`lmforge pretrain` / `lmforge sft`: Ray Train + DeepSpeed on prepared data."""
 
@@ -101,6 +114,7 @@ class TrainConfig(StrictModel):
     max_failures: int = Field(2, ge=0, description="Worker failures tolerated (restart from the last checkpoint).")
     collective_timeout_s: int = Field(1800, ge=10, description="A hung worker is detected after this long.")
     ray: RayConfig = Field(default_factory=RayConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:

@@ -11,6 +11,7 @@ import yaml
 import lmforge
 from lmforge.config import ServeConfig
 from lmforge.manifest import Manifest
+from lmforge.serve.client import stream_chat
 
 log = logging.getLogger(__name__)
 APP_NAME = "lmforge-chat"
@@ -55,7 +56,7 @@ def start_app(cfg: ServeConfig) -> str:
 
 
 def run_serve(cfg: ServeConfig) -> Manifest:
-    """Start Ray and the app, print the URL, serve until Ctrl-C, then shut Serve down."""
+    """Start Ray and the app, print the URL, serve until Ctrl-C (or answer `ask_once`), then shut Serve down."""
     from ray import serve
 
     from lmforge.runtime import init_ray
@@ -65,12 +66,30 @@ def run_serve(cfg: ServeConfig) -> Manifest:
     started = time.perf_counter()
     url = start_app(cfg)
     print(f"lmforge serve: {cfg.model_id} at {url} (healthy after {time.perf_counter() - started:.0f} s); "
-          f"`serve deploy {deploy_file}` deploys the same app on a cluster. Ctrl-C stops.", flush=True)
+          f"`serve deploy {deploy_file}` deploys the same app on a cluster.", flush=True)
+    outputs = {"url": url, "deploy_config": str(deploy_file)}
     try:
-        while True:
-            time.sleep(3600)
+        if cfg.ask_once is not None:
+            outputs["answer"] = ask(cfg, url, cfg.ask_once)
+        else:
+            print("Ctrl-C stops.", flush=True)
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
         log.info("stopping Serve")
     finally:
         serve.shutdown()
-    return Manifest(stage="serve", config=cfg.model_dump(), outputs={"url": url, "deploy_config": str(deploy_file)})
+    return Manifest(stage="serve", config=cfg.model_dump(), outputs=outputs)
+
+
+def ask(cfg: ServeConfig, url: str, question: str) -> str:
+    """Stream one answer from the running app to stdout, piece by piece as it arrives; return it."""
+    keys = cfg.resolved_api_keys()
+    print(f"user: {question}\nassistant: ", end="", flush=True)
+    pieces = []
+    for piece in stream_chat(url, cfg.model_id, question, api_key=keys[0] if keys else None,
+                             max_tokens=cfg.max_tokens_limit or 128):
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+    print(flush=True)
+    return "".join(pieces)

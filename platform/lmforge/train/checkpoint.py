@@ -10,6 +10,10 @@ which any world size can load.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +23,7 @@ from pathlib import Path
 import ray.train
 import torch.distributed as dist
 
+log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 
 
@@ -45,6 +50,26 @@ def save_checkpoint(engine, state: TrainerState, metrics: dict, rank: int) -> No
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def remove_unregistered_checkpoints(run_dir: str | Path, resumed_step: int) -> list[Path]:
+    """Delete `checkpoint_*` dirs of `run_dir` saved after `resumed_step`; return them.
+
+    Ray Train hands a (re)started run its newest registered checkpoint, so a newer one on disk was
+    written by a worker group that died before Ray registered it: it would never be used nor rotated
+    out by `keep_last`. Call on one rank before the first save; remote storage is left alone.
+    """
+    removed = []
+    for directory in sorted(d for d in Path(run_dir).glob("checkpoint_*") if d.is_dir()):  # not Ray's snapshot
+        state_file = directory / STATE_FILE
+        step = json.loads(state_file.read_text())["step"] if state_file.is_file() else None
+        if step is None or step > resumed_step:  # no state: rank 0's part never arrived
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    if removed:
+        log.warning("removed checkpoints never registered by Ray Train (a worker died while saving): %s",
+                    [d.name for d in removed])
+    return removed
+
+
 def read_state(directory: str | Path) -> TrainerState:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
@@ -62,12 +87,18 @@ def universal_tag(directory: str | Path, state: TrainerState, world_size: int, l
         return None
     target = Path(directory) / f"{state.tag}_universal"
     if local_rank == 0 and not target.is_dir():
+        # one converter per node; on shared storage the first to finish wins and the others drop their copy
+        partial = target.with_name(f"{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
         subprocess.run(
             [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-             "--input_folder", str(Path(directory) / state.tag), "--output_folder", str(target),
+             "--input_folder", str(Path(directory) / state.tag), "--output_folder", str(partial),
              "--num_extract_workers", "1", "--num_merge_workers", "1"],
             check=True, capture_output=True,
         )
+        try:
+            partial.rename(target)
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()  # everyone waits for the conversion (one per node; the storage is shared)
     return target.name

@@ -23,7 +23,13 @@ import torch.distributed as dist
 
 from lmforge.config import TrainConfig
 from lmforge.train.batches import model_inputs, pretrain_batch, sft_batch
-from lmforge.train.checkpoint import TrainerState, read_state, save_checkpoint, universal_tag
+from lmforge.train.checkpoint import (
+    TrainerState,
+    read_state,
+    remove_unregistered_checkpoints,
+    save_checkpoint,
+    universal_tag,
+)
 from lmforge.train.data import TrainData
 from lmforge.train.deepspeed_config import deepspeed_config, patch_deepspeed_for_cpu
 from lmforge.train.metrics import MetricsLog, model_flops_utilisation
@@ -43,31 +49,12 @@ def train_loop(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
 
     patch_deepspeed_for_cpu()
-    import deepspeed
+    engine, state = start_engine(cfg, data, total_steps, context)
+    model = engine.module
+    if rank == 0:
+        remove_unregistered_checkpoints(config["run_dir"], state.step)
 
-    ds_config = deepspeed_config(cfg, on_gpu=cfg.use_gpu, total_steps=total_steps)
-    state, resume_dir, resume_tag = TrainerState(world_size=world), None, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        resume_dir = checkpoint.to_directory()
-        state = read_state(resume_dir)
-        resume_tag = universal_tag(resume_dir, state, world, context.get_local_rank())
-        if resume_tag:
-            ds_config["checkpoint"] = {"load_universal": True}
-
-    model = build_model(cfg.model, data.vocab_size, cfg.seed)
-    if cfg.lora.enabled:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)  # the adapters start alike on every run, as the base weights do
-            model = apply_lora(model, cfg.lora)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
-    if resume_dir is not None:
-        engine.load_checkpoint(resume_dir, tag=resume_tag or state.tag)
-    elif engine.lr_scheduler is not None:
-        engine.lr_scheduler.step(0)  # DeepSpeed's first step would otherwise run at the pre-warmup lr (0)
-
-    log = MetricsLog(config["run_dir"], enabled=rank == 0)
+    log = MetricsLog(config["run_dir"], enabled=rank == 0, total_steps=total_steps)
     flops = flops_per_token(model.config, seq_len=data.sequence_length)
     last_saved = state.step
     step_started, step_losses, step_tokens = time.perf_counter(), [], 0
@@ -127,6 +114,39 @@ def train_loop(config: dict) -> None:
     if engine.global_steps > last_saved:  # data ran out before max_steps
         save_checkpoint(engine, state, {"step": engine.global_steps}, rank)
     log.close()
+
+
+def start_engine(cfg: TrainConfig, data: TrainData, total_steps: int, context) -> tuple:
+    """The DeepSpeed engine and the run's position: fresh, or loaded from the checkpoint Ray Train hands back."""
+    ds_config = deepspeed_config(cfg, on_gpu=cfg.use_gpu, total_steps=total_steps)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        engine = _initialize(cfg, data, ds_config)
+        if engine.lr_scheduler is not None:
+            engine.lr_scheduler.step(0)  # DeepSpeed's first step would otherwise run at the pre-warmup lr (0)
+        return engine, TrainerState(world_size=context.get_world_size())
+    # On shared disk this is the stored checkpoint itself; from remote storage a local copy, removed on exit.
+    with checkpoint.as_directory() as resume_dir:
+        state = read_state(resume_dir)
+        tag = universal_tag(resume_dir, state, context.get_world_size(), context.get_local_rank())
+        if tag:
+            ds_config["checkpoint"] = {"load_universal": True}
+        engine = _initialize(cfg, data, ds_config)
+        engine.load_checkpoint(resume_dir, tag=tag or state.tag)
+    return engine, state
+
+
+def _initialize(cfg: TrainConfig, data: TrainData, ds_config: dict):
+    import deepspeed
+
+    model = build_model(cfg.model, data.vocab_size, cfg.seed)
+    if cfg.lora.enabled:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # the adapters start alike on every run, as the base weights do
+            model = apply_lora(model, cfg.lora)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+    return engine
 
 
 def evaluate(engine, data: TrainData, cfg: TrainConfig) -> dict[str, float]:
