@@ -249,7 +249,7 @@ class StageClock:
 # Entering each of these functions of run_prepare_pretrain starts the stage named here.
 LMFORGE_STAGES = {
     "start": "survey file (sha256, encoding, chunks)",
-    "read_documents": "read + clean",
+    "_read_chunks": "read + clean",
     "find_duplicates": "dedup: MinHash + band buckets, shuffle, edges",
     "find_duplicate_clusters": "dedup: connected components (driver)",
     "tokenize_documents": "tokenize (actor pool)",
@@ -266,7 +266,7 @@ LMFORGE_STAGES = {
 def run_lmforge(corpus: Path, tokenizer: Path, workers: int) -> Run:
     """run_prepare_pretrain on `corpus` with `workers` Ray workers, timed per stage."""
     from lmforge.config import PretrainDataConfig
-    from lmforge.data import dedup_dataset, pretrain
+    from lmforge.data import dedup_dataset, pretrain, read_sources
 
     cfg = PretrainDataConfig.model_validate({
         "sources": [{"name": "corpus", "path": str(corpus)}],
@@ -278,7 +278,8 @@ def run_lmforge(corpus: Path, tokenizer: Path, workers: int) -> Run:
         "dedup": {"exact": True, "near": True, "threshold": 0.8, "num_perm": 128, "ngram": 5},
         "pack": {"block_size": BLOCK_SIZE},
     })
-    targets = [(pretrain, name) for name in LMFORGE_STAGES if hasattr(pretrain, name)]
+    targets = [(module, name) for module in (read_sources, pretrain) for name in LMFORGE_STAGES
+               if hasattr(module, name)]
     clock = StageClock([*targets, (dedup_dataset, "find_duplicate_clusters")])
     log_offset = RAY_DATA_LOG.stat().st_size if RAY_DATA_LOG.exists() else 0
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmforge.config import ConfigError, PretrainDataConfig, load_config
+from lmforge.config import ConfigError, PretrainDataConfig, SFTDataConfig, load_config
 
 YAML = """\
 tokenizer: ${TOK_DIR:-/models/tok}
@@ -63,3 +63,14 @@ def test_missing_required_fields_and_files_are_reported(tmp_path):
 def test_duplicate_source_names_are_rejected(config_file):
     with pytest.raises(ConfigError, match="names must be unique"):
         load_config(PretrainDataConfig, config_file, ["sources.1.name=a"])
+
+
+def test_sft_datasets_follow_the_same_source_rules(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text("tokenizer: tok\noutput_dir: out\nsources:\n  - path: a.jsonl\n  - path: [b.json]\n")
+    cfg = load_config(SFTDataConfig, path)
+    assert [(s.name, s.path, s.weight) for s in cfg.sources] == [("a", ["a.jsonl"], 1.0), ("b", ["b.json"], 1.0)]
+    with pytest.raises(ConfigError, match="names must be unique"):
+        load_config(SFTDataConfig, path, ["sources.1.name=a"])
+    with pytest.raises(ConfigError, match=r"sources\.0\.format: Input should be 'jsonl'"):
+        load_config(SFTDataConfig, path, ["sources.0.format=text"])  # SFT records are never plain text

@@ -6,12 +6,14 @@ import csv
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
 from lmforge.config import SFTDataConfig
-from lmforge.data.sft import run_prepare_sft
+from lmforge.data.conversation import Conversation, Turn
+from lmforge.data.sft import SampleRenderer, run_prepare_sft
 from lmforge.data.sources import LINE_BITS
 
 SFT_FILES = {
@@ -76,6 +78,15 @@ def test_every_file_gets_its_record_format(all_files_run):
         "AdvertiseGen_dev.json": "advertisegen", "AdvertiseGen_fix_dev.json": "chatglm3",
         "cognition_dev.json": "chatglm3",
     }
+
+
+def test_a_big_jsonl_file_is_read_in_chunks_with_every_record_once(all_files_run):
+    manifest, _ = all_files_run
+    sharegpt = next(i for i in manifest.inputs if Path(i["path"]).name == "sharegpt_zh_1K_format.jsonl")
+    assert sharegpt["chunks"] > 1  # 4 MB of the run's 9.6 MB: chunks of 1.2 MB for 2 workers
+    assert manifest.counts["sources"]["general_zh"]["read"] == 1000
+    csv_input = next(i for i in manifest.inputs if i["path"].endswith(".csv"))
+    assert csv_input["chunks"] == 1  # a CSV row may span lines: never cut
 
 
 def test_same_ads_in_two_schemas_and_repeated_identities_are_deduplicated(all_files_run):
@@ -169,3 +180,17 @@ def test_tokenizer_template_trains_only_assistant_turns(ray_local, tiny_tokenize
     assert len(samples) == manifest.counts["sources"]["identity"]["output_documents"] > 0
     for _, ids, labels, _ in samples:
         assert tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]).removesuffix("</s>") in answers
+
+
+def test_rendered_rows_of_dropped_conversations_are_empty_and_say_why(tiny_tokenizer):
+    conversations = [
+        Conversation([Turn("user", "头痛怎么办？"), Turn("assistant", "多休息。")]),
+        Conversation([Turn("user", "发热？" * 50), Turn("assistant", "多喝水。" * 50)]),
+        Conversation([Turn("user", "没有回答")]),
+    ]
+    batch = pa.table({"key": [1, 2, 3], "chunk": [0, 0, 0], "source": ["s"] * 3,
+                      "text": [c.to_json() for c in conversations]})
+    rows = SampleRenderer(str(tiny_tokenizer), "classic", max_length=64)(batch).to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "filtered:too_long", "filtered:no_trained_turn"]
+    assert rows[0]["n_tokens"] == len(rows[0]["input_ids"]) > rows[0]["n_trained"] > 0
+    assert all(r["input_ids"] == r["labels"] == [] and r["n_tokens"] == r["n_trained"] == 0 for r in rows[1:])

@@ -8,6 +8,7 @@ unknown keys are errors naming the file, the key and the closest valid key.
 from lmforge.config.base import ConfigError, RayConfig, StrictModel, describe_fields, load_config
 from lmforge.config.convert import ConvertConfig
 from lmforge.config.data import (
+    BaseSourceConfig,
     CleanConfig,
     DedupConfig,
     MixConfig,
@@ -34,7 +35,7 @@ from lmforge.config.train import (
 )
 
 __all__ = [
-    "AutoscalingConfig", "CheckpointConfig", "CleanConfig", "ConfigError", "ConvertConfig", "DedupConfig", "LoraConfig", "MixConfig", "ModelConfig",
+    "AutoscalingConfig", "BaseSourceConfig", "CheckpointConfig", "CleanConfig", "ConfigError", "ConvertConfig", "DedupConfig", "LoraConfig", "MixConfig", "ModelConfig",
     "OptimConfig", "PackConfig", "PlanConfig", "PretrainDataConfig", "RayConfig", "ReadConfig", "SFTDataConfig", "SFTPackConfig",
     "SFTSourceConfig", "ServeConfig", "SourceConfig", "StrictModel", "TokenizeConfig", "TokenizerTrainConfig", "TrainConfig",
     "TrainDataConfig", "ZeroConfig", "describe_fields", "load_config",

@@ -12,8 +12,8 @@ from lmforge.config.base import RayConfig, StrictModel
 TemplateName = Literal["plain", "qa", "dialogue", "medical_csv", "format"]
 
 
-class SourceConfig(StrictModel):
-    """One input corpus: files, how to read them, how records become text, and its mixture weight."""
+class BaseSourceConfig(StrictModel):
+    """What every input source has: a name, files, how they are encoded, and its mixture weight."""
 
     name: str | None = Field(None, description="Name in reports; default: the first path's file stem.")
     path: list[str] = Field(description="File paths or globs (a single string is accepted).")
@@ -21,6 +21,35 @@ class SourceConfig(StrictModel):
         None, description="File format; default: from the extension."
     )
     encoding: str | None = Field(None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030).")
+    weight: float = Field(1.0, gt=0, description="Relative share of this source in the output tokens.")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_name(self) -> BaseSourceConfig:
+        if not self.path:
+            raise ValueError("path: give at least one file or glob")
+        if self.name is None:
+            self.name = Path(self.path[0]).stem or "source"
+        return self
+
+
+def check_source_names(sources: list[BaseSourceConfig]) -> None:
+    """ValueError unless there is a source and every source's name is its own (names key the counts)."""
+    names = [s.name for s in sources]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"sources: names must be unique, repeated: {duplicated} (set name:)")
+    if not sources:
+        raise ValueError("sources: give at least one source")
+
+
+class SourceConfig(BaseSourceConfig):
+    """One input corpus: files, how to read them, how records become text, and its mixture weight."""
+
     text_unit: Literal["line", "paragraph"] = Field(
         "line", description="Plain text: a document per line, or per blank-line-separated paragraph."
     )
@@ -38,23 +67,12 @@ class SourceConfig(StrictModel):
         default_factory=lambda: {"user": "患者", "assistant": "医生"},
         description="For template=dialogue: speaker label of each role.",
     )
-    weight: float = Field(1.0, gt=0, description="Relative share of this source in the output tokens.")
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _one_path_is_a_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_template(self) -> SourceConfig:
-        if not self.path:
-            raise ValueError("path: give at least one file or glob")
         if self.template == "format" and not self.format_string:
             raise ValueError("template 'format' needs format_string, e.g. '{question}\\n{answer}'")
-        if self.name is None:
-            self.name = Path(self.path[0]).stem or "source"
         return self
-
 
 
 class TokenizerTrainConfig(StrictModel):
@@ -139,27 +157,19 @@ class PretrainDataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> PretrainDataConfig:
-        names = [s.name for s in self.sources]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"sources: names must be unique, repeated: {duplicated} (set name:)")
-        if not self.sources:
-            raise ValueError("sources: give at least one source")
+        check_source_names(self.sources)
         return self
 
 
 SFTRecordFormat = Literal["auto", "alpaca", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa"]
 
 
-class SFTSourceConfig(StrictModel):
+class SFTSourceConfig(BaseSourceConfig):
     """One SFT dataset: files, their record schema, and its mixture weight."""
 
-    name: str | None = Field(None, description="Name in reports; default: the first path's file stem.")
-    path: list[str] = Field(description="File paths or globs (a single string is accepted).")
     format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
         None, description="File format; default: from the extension."
     )
-    encoding: str | None = Field(None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030).")
     record_format: SFTRecordFormat = Field(
         "auto",
         description="Record schema: alpaca, sharegpt, chatglm3, openai, advertisegen, medical_csv, qa; "
@@ -170,24 +180,10 @@ class SFTSourceConfig(StrictModel):
         description="Schema field -> record field for other datasets, e.g. {instruction: prompt, output: answer}.",
     )
     system: str | None = Field(None, description="System prompt for records that carry none.")
-    weight: float = Field(1.0, gt=0, description="Relative share of this dataset in the output tokens.")
 
     @property
     def text_unit(self) -> str:  # SFT records are never blank-line paragraphs
         return "line"
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _one_path_is_a_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _default_name(self) -> SFTSourceConfig:
-        if not self.path:
-            raise ValueError("path: give at least one file or glob")
-        if self.name is None:
-            self.name = Path(self.path[0]).stem or "dataset"
-        return self
 
 
 class SFTPackConfig(StrictModel):
@@ -220,11 +216,6 @@ class SFTDataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> SFTDataConfig:
-        names = [s.name for s in self.sources]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"sources: names must be unique, repeated: {duplicated} (set name:)")
-        if not self.sources:
-            raise ValueError("sources: give at least one dataset")
+        check_source_names(self.sources)
         return self
 

@@ -15,7 +15,7 @@ import ray.data
 from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
-from lmforge.config import SFTSourceConfig, SourceConfig
+from lmforge.config import BaseSourceConfig
 from lmforge.data.dedup import DuplicateClusters
 from lmforge.data.dedup_dataset import DuplicateReport
 from lmforge.data.sources import LINE_BITS, SourceFile
@@ -74,7 +74,7 @@ def write_duplicate_sample(docs: ray.data.Dataset, clusters: DuplicateClusters, 
 
 
 def reconcile_counts(
-    sources: list[SourceConfig | SFTSourceConfig],
+    sources: list[BaseSourceConfig],
     statuses_by_source: dict[str, dict[str, int]],
     removed_counts: dict[str, dict[str, int]],
     kept: dict[str, dict[str, int]],

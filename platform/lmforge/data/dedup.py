@@ -18,6 +18,8 @@ from scipy import integrate
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from lmforge.data.hashing import mix64
+
 _U64 = np.uint64
 _POLY = _U64(0x100000001B3)  # FNV-64 prime; odd, so multiplying by it mod 2^64 loses no bits
 _SLICE = 16384  # shingles per slice: the (num_perm, slice) uint32 block (8 MB) stays in L3; measured best
@@ -49,17 +51,6 @@ def exact_hashes(texts: list[str]) -> np.ndarray:
     """(n,) int64: xxhash64 of each text's `normalize_for_dedup` form (its UTF-32-LE bytes)."""
     digests = [xxhash.xxh64_intdigest(_dedup_code_points(t)) for t in texts]
     return np.array(digests, dtype=np.uint64).view(np.int64)
-
-
-def _mix64(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser (in place): spreads the polynomial hash over all 64 bits."""
-    with np.errstate(over="ignore"):
-        h ^= h >> _U64(30)
-        h *= _U64(0xBF58476D1CE4E5B9)
-        h ^= h >> _U64(27)
-        h *= _U64(0x94D049BB133111EB)
-        h ^= h >> _U64(31)
-    return h
 
 
 def _light_normalize(text: str) -> str:
@@ -122,7 +113,7 @@ class MinHasher:
         valid = np.ones(len(h), dtype=bool)
         tails = (np.cumsum(lengths)[:, None] - np.arange(1, n)).ravel()
         valid[tails[tails >= 0]] = False
-        hashes = (_mix64(h[valid]) >> _U64(32)).astype(np.uint32)
+        hashes = (mix64(h[valid]) >> _U64(32)).astype(np.uint32)
         return hashes, np.maximum(lengths - n + 1, 0)
 
     def _fold_minima(self, sig, docs, hashes, seg, scratch) -> None:
@@ -177,7 +168,7 @@ def band_buckets(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     h = np.broadcast_to(np.arange(bands, dtype=np.uint64), values.shape[:2]).copy()
     with np.errstate(over="ignore"):
         for j in range(rows):
-            h = _mix64(h * _POLY + values[:, :, j])
+            h = mix64(h * _POLY + values[:, :, j])
     return h.view(np.int64)
 
 

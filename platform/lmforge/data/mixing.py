@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+from lmforge.data.hashing import uniform
 
 
 def mixture_factors(
@@ -29,8 +29,7 @@ def mixture_factors(
 def copies_per_document(keys: np.ndarray, factor: float, seed: int) -> np.ndarray:
     """Number of copies of each document (int64), deterministic in (key, seed)."""
     whole = np.floor(factor)
-    uniform = _uniform(keys.astype(np.uint64), seed)
-    return (whole + (uniform < factor - whole)).astype(np.int64)
+    return (whole + (uniform(keys, seed) < factor - whole)).astype(np.int64)
 
 
 def repeat_by_mixture(ds: ray.data.Dataset, factors: dict[str, float], seed: int) -> ray.data.Dataset:
@@ -49,12 +48,3 @@ def _repeat_rows(batch: pa.Table, factors: dict[str, float], seed: int) -> pa.Ta
     copy_index = np.arange(rows.size) - np.repeat(np.cumsum(copies) - copies, copies)
     return batch.take(pa.array(rows, pa.int64())).append_column("copy", pa.array(copy_index, pa.int64()))
 
-
-def _uniform(keys: np.ndarray, seed: int) -> np.ndarray:
-    """splitmix64 of key and seed, as floats in [0, 1)."""
-    with np.errstate(over="ignore"):
-        z = keys + np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -1,6 +1,6 @@
 """`lmforge prepare-pretrain`: raw corpora -> cleaned, deduplicated, mixed, packed token blocks.
 
-    survey files -> read + clean (a Ray task per file chunk) -> exact + near dedup
+    survey files -> read + clean (a Ray task per file chunk) -> exact + near dedup   (read_sources.py)
       -> tokenize (actor pool) -> mixture (repeat / sample per source) -> pack -> Parquet shards
 
 Outputs in `output_dir`: `blocks-NNNNN.parquet` (block, input_ids, doc_lens), `manifest.json`,
@@ -12,9 +12,9 @@ read = kept + filtered + exact duplicates + near duplicates + quarantined.
 from __future__ import annotations
 
 import hashlib
-import logging
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -24,43 +24,16 @@ import ray
 import ray.data
 from ray.data.expressions import col
 
-from lmforge.config import PretrainDataConfig
-from lmforge.data.accounting import (
-    drop_keys,
-    per_source_totals,
-    reconcile_counts,
-    removed_by_source,
-    reset_output_dir,
-    status_counts,
-    write_duplicate_sample,
-    write_quarantine,
-)
+from lmforge.config import CleanConfig, PretrainDataConfig
+from lmforge.data.accounting import drop_keys, per_source_totals, reset_output_dir
 from lmforge.data.clean import clean_text, rejection_reason
-from lmforge.data.dedup_dataset import find_duplicates
 from lmforge.data.mixing import mixture_factors, repeat_by_mixture
 from lmforge.data.packing import Piece, pack_group, pieces_to_table, stitch_fragments
-from lmforge.data.sources import (
-    PlannedChunk,
-    SourceFile,
-    list_source_files,
-    plan_chunks,
-    read_records,
-    survey_source_file,
-)
+from lmforge.data.read_sources import read_sources
+from lmforge.data.sources import PlannedChunk, list_source_files, read_records
 from lmforge.data.tokenize import DocumentTokenizer, TokenizerSpec
-from lmforge.data.tokenizer import tokenizer_identity
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
-
-if TYPE_CHECKING:
-    from lmforge.data.survey import FileSurvey
-
-log = logging.getLogger(__name__)
-
-DOC_SCHEMA = pa.schema([
-    ("key", pa.int64()), ("chunk", pa.int64()), ("source", pa.string()), ("line", pa.int64()),
-    ("text", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("raw", pa.string()),
-])
 
 
 def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
@@ -69,14 +42,8 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     out = reset_output_dir(cfg.output_dir, "blocks-*.parquet")
     init_ray(cfg.ray)
 
-    survey = ray.remote(num_cpus=1)(survey_source_file)
-    chunk_bytes = read_chunk_bytes(files, cfg)
-    surveys = ray.get([survey.remote(f, chunk_bytes) for f in files])
-    chunks = plan_chunks(files, surveys)
-    docs = read_documents(chunks, cfg).materialize()
-    kept = docs.filter(expr=col("status") == "ok")
-    duplicates = find_duplicates(kept, cfg.dedup, cfg.seed, cfg.workers)
-    tokenized = tokenize_documents(kept, duplicates.removed, tokenizer, cfg).materialize()
+    records = read_sources(files, cfg, partial(read_clean_records, clean=cfg.clean))
+    tokenized = tokenize_documents(records.kept, records.duplicates.removed, tokenizer, cfg).materialize()
 
     kept_stats = per_source_totals(tokenized)
     factors = mixture_factors(
@@ -84,73 +51,30 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
         {s.name: s.weight for s in cfg.sources},
         cfg.mix.total_tokens,
     )
-    mixed = mix_documents(tokenized, factors, cfg.seed, len(chunks))
+    mixed = mix_documents(tokenized, factors, cfg.seed, len(records.chunks))
     packed = pack_documents(mixed, cfg.pack.block_size, cfg.workers)
     shards = write_shards(packed.blocks, out, cfg.pack.blocks_per_shard)
 
-    source_of_file = [f.source.name for f in files]
-    counts = reconcile_counts(
-        cfg.sources, status_counts(docs, surveys, source_of_file), removed_by_source(duplicates, source_of_file),
-        kept_stats, factors, per_source_totals(mixed),
-    )
-    write_quarantine(docs, files, surveys, out / "quarantine.jsonl")
-    write_duplicate_sample(docs, duplicates.clusters, files, out / "dedup_clusters.jsonl")
-    manifest = Manifest(
-        stage="prepare-pretrain",
-        config=cfg.model_dump(),
-        inputs=[_input_record(f, s) for f, s in zip(files, surveys)],
-        outputs={
-            "dir": str(out.resolve()),
-            "shards": shards,
-            "columns": {"block": "int64", "input_ids": "list<int32>", "doc_lens": "list<int32>"},
-            "block_size": cfg.pack.block_size,
-            "blocks": packed.num_blocks,
-            "tokens": packed.num_blocks * cfg.pack.block_size,
-            "dropped_remainder_tokens": packed.remainder,
-            "tokenizer": tokenizer_identity(cfg.tokenizer),
-            "quarantine": "quarantine.jsonl",
-            "dedup_clusters": "dedup_clusters.jsonl",
-        },
-        counts=counts,
-    )
-    manifest.write(out)
-    return manifest
+    counts = records.counts(kept_stats, factors, per_source_totals(mixed))
+    return records.write_manifest("prepare-pretrain", out, {
+        "shards": shards,
+        "columns": {"block": "int64", "input_ids": "list<int32>", "doc_lens": "list<int32>"},
+        "block_size": cfg.pack.block_size,
+        "blocks": packed.num_blocks,
+        "tokens": packed.num_blocks * cfg.pack.block_size,
+        "dropped_remainder_tokens": packed.remainder,
+    }, counts)
 
 
-def _input_record(file: SourceFile, survey: FileSurvey | str) -> dict:
-    record = {"source": file.source.name, "path": str(Path(file.path).resolve())}
-    if isinstance(survey, str):
-        return record | {"error": survey}
-    return record | {"size": survey.size, "sha256": survey.sha256, "encoding": survey.encoding,
-                     "format": survey.format, "chunks": len(survey.chunks)}
-
-
-def read_chunk_bytes(files: list, cfg: PretrainDataConfig) -> int:
-    """Chunk size: at most read.chunk_mb, and small enough that every worker gets a few chunks."""
-    total = sum(Path(f.path).stat().st_size for f in files)
-    return max(1024**2, min(int(cfg.read.chunk_mb * 1024**2), total // (4 * cfg.workers)))
-
-
-def read_documents(chunks: list[PlannedChunk], cfg: PretrainDataConfig) -> ray.data.Dataset:
-    """One row per record of every chunk: cleaned text and status ok / filtered:<why> / quarantined."""
-    index = ray.data.from_items([{"chunk": c.index} for c in chunks], override_num_blocks=max(len(chunks), 1))
-    return index.map_batches(
-        _read_and_clean, batch_size=1, batch_format="numpy",
-        fn_kwargs={"chunks": chunks, "cfg": cfg}, concurrency=cfg.workers,
-    )
-
-
-def _read_and_clean(batch: dict, chunks: list[PlannedChunk], cfg: PretrainDataConfig) -> pa.Table:
-    rows = []
-    for chunk_index in batch["chunk"]:
-        for row in read_records(chunks[int(chunk_index)]):
-            if row["status"] == "ok":
-                row["text"] = clean_text(row["text"], cfg.clean)
-                reason = rejection_reason(row["text"], cfg.clean)
-                if reason:
-                    row["status"] = f"filtered:{reason}"
-            rows.append(row)
-    return pa.Table.from_pylist(rows, schema=DOC_SCHEMA)
+def read_clean_records(planned: PlannedChunk, clean: CleanConfig) -> Iterator[dict]:
+    """Rows of one chunk, text cleaned; status filtered:<why> for a document the cleaning rules reject."""
+    for row in read_records(planned):
+        if row["status"] == "ok":
+            row["text"] = clean_text(row["text"], clean)
+            reason = rejection_reason(row["text"], clean)
+            if reason:
+                row["status"] = f"filtered:{reason}"
+        yield row
 
 
 def tokenize_documents(

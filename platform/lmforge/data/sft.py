@@ -1,7 +1,8 @@
 """`lmforge prepare-sft`: SFT datasets in any common schema -> label-masked, packed training rows.
 
     survey files, detect each file's record schema -> read into conversations (a task per chunk)
-      -> dedup instructions (exact + near, on the first user turn) -> render + label (actor pool)
+      -> dedup instructions (exact + near, on the first user turn)                  (read_sources.py)
+      -> render + label (actor pool)
       -> mixture (repeat / sample per dataset) -> pack (best-fit decreasing, per group)
       -> rows-NNNNN.parquet + manifest.json + quarantine.jsonl + dedup_clusters.jsonl
 
@@ -13,6 +14,7 @@ convert and serving use the very same ones.
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,40 +27,22 @@ from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
 from lmforge.config import SFTDataConfig
-from lmforge.data.accounting import (
-    drop_keys,
-    reconcile_counts,
-    removed_by_source,
-    reset_output_dir,
-    status_counts,
-    write_duplicate_sample,
-    write_quarantine,
-)
-from lmforge.data.chat_render import ChatRenderer, NothingToTrain, SampleTooLong
+from lmforge.data.accounting import drop_keys, reset_output_dir
+from lmforge.data.chat_render import IGNORE_INDEX, ChatRenderer, NothingToTrain, RenderedSample, SampleTooLong
 from lmforge.data.conversation import Conversation
-from lmforge.data.dedup_dataset import find_duplicates
+from lmforge.data.hashing import splitmix64
 from lmforge.data.mixing import mixture_factors, repeat_by_mixture
+from lmforge.data.read_sources import read_sources
 from lmforge.data.readers import read_chunk
 from lmforge.data.sft_formats import detect_file_record_format, to_conversation
 from lmforge.data.sft_packing import pack_samples
-from lmforge.data.sources import (
-    PlannedChunk,
-    SourceFile,
-    list_source_files,
-    plan_chunks,
-    read_records,
-    survey_source_file,
-)
+from lmforge.data.sources import SourceFile, list_source_files, read_records
 from lmforge.data.tokenize import load_fast_tokenizer
-from lmforge.data.tokenizer import tokenizer_identity
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
 
-CONVERSATION_SCHEMA = pa.schema([
-    ("key", pa.int64()), ("chunk", pa.int64()), ("source", pa.string()), ("line", pa.int64()),
-    ("text", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("raw", pa.string()),
-])
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# The row of a conversation dropped after rendering (too long, or nothing to train): no tokens.
+_NO_SAMPLE = RenderedSample(np.zeros(0, np.int32), np.zeros(0, np.int32), turns_kept=0, turns_total=0)
 
 
 def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
@@ -67,15 +51,9 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
     out = reset_output_dir(cfg.output_dir, "rows-*.parquet")
     init_ray(cfg.ray)
 
-    survey = ray.remote(num_cpus=1)(survey_source_file)
-    surveys = ray.get([survey.remote(f, int(cfg.read.chunk_mb * 1024**2)) for f in files])
-    files = resolve_record_formats(files, surveys)
-    chunks = plan_chunks(files, surveys)
-    docs = read_conversations(chunks, cfg.workers).materialize()
-    kept = docs.filter(expr=col("status") == "ok")
-    instructions = kept.map_batches(_first_user_turns, batch_format="pyarrow")
-    duplicates = find_duplicates(instructions, cfg.dedup, cfg.seed, cfg.workers)
-    samples = render_samples(kept, duplicates.removed, cfg).materialize()
+    records = read_sources(files, cfg, partial(read_records, convert=_conversation_json),
+                           resolve_files=resolve_record_formats, dedup_text=_first_user_turns)
+    samples = render_samples(records.kept, records.duplicates.removed, cfg).materialize()
     rendered = samples.filter(expr=col("status") == "ok")
 
     sample_stats = _sample_stats(samples)
@@ -86,52 +64,29 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
     mixed = repeat_by_mixture(rendered, factors, cfg.seed)
     shards = pack_and_write(mixed, cfg, out)
 
-    source_of_file = [f.source.name for f in files]
-    statuses = status_counts(docs, surveys, source_of_file)
-    for name, stats in sample_stats.items():  # too long, or nothing to train: dropped after rendering
-        for status, count in stats["filtered"].items():
-            statuses[name]["ok"] -= count
-            statuses[name][status] = count
-    counts = reconcile_counts(
-        cfg.sources, statuses, removed_by_source(duplicates, source_of_file),
+    counts = records.counts(
         {name: {"documents": s["samples"], "tokens": s["tokens"]} for name, s in sample_stats.items()},
         factors, _output_stats(mixed),
+        filtered_later={name: s["filtered"] for name, s in sample_stats.items()},  # too long, nothing to train
     )
     for name, row in counts["sources"].items():
         row["truncated"] = sample_stats.get(name, {}).get("truncated", 0)
         row["trained_tokens"] = sample_stats.get(name, {}).get("trained_tokens", 0)
-    write_quarantine(docs, files, surveys, out / "quarantine.jsonl")
-    write_duplicate_sample(docs, duplicates.clusters, files, out / "dedup_clusters.jsonl")
 
     totals = {key: sum(s[key] for s in shards) for key in ("rows", "samples", "tokens", "trained_tokens")}
-    manifest = Manifest(
-        stage="prepare-sft",
-        config=cfg.model_dump(),
-        inputs=[{"source": f.source.name, "path": str(Path(f.path).resolve()), "record_format": f.source.record_format}
-                | ({"error": s} if isinstance(s, str) else
-                   {"size": s.size, "sha256": s.sha256, "encoding": s.encoding, "format": s.format})
-                for f, s in zip(files, surveys)],
-        outputs={
-            "dir": str(out.resolve()),
-            "shards": shards,
-            "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
-                        "boundaries": "list<int32>", "keys": "list<int64>", "row": "int64"},
-            "max_length": cfg.max_length,
-            "pack_mode": cfg.pack.mode,
-            "template": cfg.template,
-            "chat_template": renderer.chat_template,
-            "eos_token_id": renderer.eos_token_id,
-            **totals,
-            "utilisation": round(totals["tokens"] / max(totals["rows"] * cfg.max_length, 1), 6),
-            "trained_token_share": round(totals["trained_tokens"] / max(totals["tokens"], 1), 6),
-            "tokenizer": tokenizer_identity(cfg.tokenizer),
-            "quarantine": "quarantine.jsonl",
-            "dedup_clusters": "dedup_clusters.jsonl",
-        },
-        counts=counts,
-    )
-    manifest.write(out)
-    return manifest
+    return records.write_manifest("prepare-sft", out, {
+        "shards": shards,
+        "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
+                    "boundaries": "list<int32>", "keys": "list<int64>", "row": "int64"},
+        "max_length": cfg.max_length,
+        "pack_mode": cfg.pack.mode,
+        "template": cfg.template,
+        "chat_template": renderer.chat_template,
+        "eos_token_id": renderer.eos_token_id,
+        **totals,
+        "utilisation": round(totals["tokens"] / max(totals["rows"] * cfg.max_length, 1), 6),
+        "trained_token_share": round(totals["trained_tokens"] / max(totals["tokens"], 1), 6),
+    }, counts)
 
 
 def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[SourceFile]:
@@ -151,20 +106,6 @@ def _detect_file_format(file: SourceFile, survey) -> str:
     return detect_file_record_format(file.path, first)
 
 
-def read_conversations(chunks: list[PlannedChunk], workers: int) -> ray.data.Dataset:
-    """One row per record: the conversation as JSON, or status quarantined with file, line and reason."""
-    index = ray.data.from_items([{"chunk": c.index} for c in chunks], override_num_blocks=max(len(chunks), 1))
-    return index.map_batches(
-        _read_chunk_conversations, batch_size=1, batch_format="numpy", fn_kwargs={"chunks": chunks},
-        concurrency=workers,
-    )
-
-
-def _read_chunk_conversations(batch: dict, chunks: list[PlannedChunk]) -> pa.Table:
-    rows = [row for i in batch["chunk"] for row in read_records(chunks[int(i)], convert=_conversation_json)]
-    return pa.Table.from_pylist(rows, schema=CONVERSATION_SCHEMA)
-
-
 def _conversation_json(fields: dict, source) -> str:
     return to_conversation(fields, source.record_format, source.fields, source.system).to_json()
 
@@ -181,26 +122,27 @@ class SampleRenderer:
         self._renderer = ChatRenderer(load_fast_tokenizer(tokenizer_path), template, max_length)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids, labels, status, truncated = [], [], [], []
-        for text in batch.column("text").to_pylist():
-            try:
-                sample = self._renderer.render(Conversation.from_json(text))
-            except (SampleTooLong, NothingToTrain) as exc:
-                reason = "too_long" if isinstance(exc, SampleTooLong) else "no_trained_turn"
-                ids.append([]), labels.append([]), status.append(f"filtered:{reason}"), truncated.append(0)
-                continue
-            ids.append(sample.input_ids), labels.append(sample.labels), status.append("ok")
-            truncated.append(int(sample.turns_kept < sample.turns_total))
-        input_ids = pa.array(ids, pa.list_(pa.int32()))
-        label_ids = pa.array(labels, pa.list_(pa.int32()))
-        n_trained = [int((np.asarray(lab) != -100).sum()) for lab in labels]
+        rendered = [self._render(text) for text in batch.column("text").to_pylist()]
+        samples = [sample for sample, _ in rendered]
+        input_ids = pa.array([s.input_ids for s in samples], pa.list_(pa.int32()))
         return pa.table({
             "key": batch.column("key"), "chunk": batch.column("chunk"), "source": batch.column("source"),
-            "input_ids": input_ids, "labels": label_ids,
+            "input_ids": input_ids,
+            "labels": pa.array([s.labels for s in samples], pa.list_(pa.int32())),
             "n_tokens": pc.list_value_length(input_ids).cast(pa.int64()),
-            "n_trained": pa.array(n_trained, pa.int64()),
-            "truncated": pa.array(truncated, pa.int64()), "status": pa.array(status),
+            "n_trained": pa.array([int((s.labels != IGNORE_INDEX).sum()) for s in samples], pa.int64()),
+            "truncated": pa.array([int(s.turns_kept < s.turns_total) for s in samples], pa.int64()),
+            "status": pa.array([status for _, status in rendered], pa.string()),
         })
+
+    def _render(self, text: str) -> tuple[RenderedSample, str]:
+        """The sample and status "ok", or an empty sample and "filtered:<why>"."""
+        try:
+            return self._renderer.render(Conversation.from_json(text)), "ok"
+        except SampleTooLong:
+            return _NO_SAMPLE, "filtered:too_long"
+        except NothingToTrain:
+            return _NO_SAMPLE, "filtered:no_trained_turn"
 
 
 def render_samples(kept: ray.data.Dataset, removed: np.ndarray, cfg: SFTDataConfig) -> ray.data.Dataset:
@@ -252,10 +194,8 @@ def pack_and_write(mixed: ray.data.Dataset, cfg: SFTDataConfig, out: Path) -> li
 
 
 def _assign_group(batch: pa.Table, groups: int) -> pa.Table:
-    with np.errstate(over="ignore"):
-        mixed = (batch.column("key").to_numpy().astype(np.uint64) * _GOLDEN
-                 + batch.column("copy").to_numpy().astype(np.uint64)) * _GOLDEN
-    return batch.append_column("group", pa.array((mixed >> np.uint64(33)) % np.uint64(groups), pa.int64()))
+    hashed = splitmix64(batch.column("key").to_numpy(), salt=batch.column("copy").to_numpy())
+    return batch.append_column("group", pa.array(hashed % np.uint64(groups), pa.int64()))
 
 
 def _pack_and_write_group(group: pa.Table, out_dir: str, capacity: int, mode: str) -> pa.Table:

@@ -15,9 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
+from lmforge.data.hashing import splitmix64
 from lmforge.manifest import Manifest
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,5 @@ def _held_out_ids(data: TrainData, eval_rows: int) -> np.ndarray:
 def _rank_rows(batch: pa.Table, row_id: str, salt: int, held_out: np.ndarray) -> pa.Table:
     ids = batch.column(row_id).to_numpy()
     batch = batch.filter(pa.array(~np.isin(ids, held_out)))
-    with np.errstate(over="ignore"):
-        z = (batch.column(row_id).to_numpy().astype(np.uint64) + np.uint64(salt) * _GOLDEN) * _GOLDEN
-        z ^= z >> np.uint64(31)
-    return batch.append_column("rank", pa.array(z, pa.uint64()))
+    rank = splitmix64(batch.column(row_id).to_numpy(), salt)  # a full mix: neighbouring ids land far apart
+    return batch.append_column("rank", pa.array(rank, pa.uint64()))

@@ -1,0 +1,146 @@
+"""The steps every data stage starts and ends with: read and deduplicate all sources, then report.
+
+    survey files (a Ray task per file) -> plan chunks -> read (a task per chunk) -> exact + near dedup
+    ... the stage's own steps ...
+    counts per source -> quarantine.jsonl + dedup_clusters.jsonl -> manifest.json
+
+A stage says how a chunk becomes rows (pretraining renders and cleans text; SFT builds a
+conversation per record); `SourceRecords` keeps the files, surveys and records, so it writes the
+stage's reports and the manifest's inputs too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+import ray.data
+from ray.data.expressions import col
+
+from lmforge.config import PretrainDataConfig, SFTDataConfig, SFTSourceConfig
+from lmforge.data.accounting import (
+    reconcile_counts,
+    removed_by_source,
+    status_counts,
+    write_duplicate_sample,
+    write_quarantine,
+)
+from lmforge.data.dedup_dataset import DuplicateReport, find_duplicates
+from lmforge.data.sources import PlannedChunk, SourceFile, plan_chunks, survey_source_file
+from lmforge.data.survey import FileSurvey
+from lmforge.data.tokenizer import tokenizer_identity
+from lmforge.manifest import Manifest
+
+RECORD_SCHEMA = pa.schema([
+    ("key", pa.int64()), ("chunk", pa.int64()), ("source", pa.string()), ("line", pa.int64()),
+    ("text", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("raw", pa.string()),
+])
+QUARANTINE = "quarantine.jsonl"
+DEDUP_CLUSTERS = "dedup_clusters.jsonl"
+
+StageConfig = PretrainDataConfig | SFTDataConfig
+RowsOfChunk = Callable[[PlannedChunk], Iterable[dict]]
+
+
+@dataclass
+class SourceRecords:
+    """Every record of every source (status ok / filtered:<why> / quarantined) and the duplicates among them."""
+
+    cfg: StageConfig
+    files: list[SourceFile]
+    surveys: list[FileSurvey | str]  # a string: why the file could not be read at all
+    chunks: list[PlannedChunk]
+    docs: ray.data.Dataset  # RECORD_SCHEMA, materialized
+    duplicates: DuplicateReport
+
+    @property
+    def kept(self) -> ray.data.Dataset:
+        """Records read and not filtered; duplicates are still in (their keys: `duplicates.removed`)."""
+        return self.docs.filter(expr=col("status") == "ok")
+
+    def counts(self, kept: dict, factors: dict[str, float], output: dict,
+               filtered_later: dict[str, dict[str, int]] | None = None) -> dict:
+        """Per-source counts that reconcile (accounting.reconcile_counts). `filtered_later`: records the stage
+        dropped after reading, {source: {"filtered:<why>": n}}; they move out of status ok."""
+        source_of_file = [f.source.name for f in self.files]
+        statuses = status_counts(self.docs, self.surveys, source_of_file)
+        for name, filtered in (filtered_later or {}).items():
+            for status, count in filtered.items():
+                statuses[name]["ok"] -= count
+                statuses[name][status] = count
+        return reconcile_counts(self.cfg.sources, statuses, removed_by_source(self.duplicates, source_of_file),
+                                kept, factors, output)
+
+    def write_manifest(self, stage: str, out: Path, outputs: dict, counts: dict) -> Manifest:
+        """quarantine.jsonl, dedup_clusters.jsonl and manifest.json (inputs, the stage's `outputs`, counts)."""
+        write_quarantine(self.docs, self.files, self.surveys, out / QUARANTINE)
+        write_duplicate_sample(self.docs, self.duplicates.clusters, self.files, out / DEDUP_CLUSTERS)
+        manifest = Manifest(
+            stage=stage,
+            config=self.cfg.model_dump(),
+            inputs=[_input_record(f, s) for f, s in zip(self.files, self.surveys)],
+            outputs={"dir": str(out.resolve()), **outputs, "tokenizer": tokenizer_identity(self.cfg.tokenizer),
+                     "quarantine": QUARANTINE, "dedup_clusters": DEDUP_CLUSTERS},
+            counts=counts,
+        )
+        manifest.write(out)
+        return manifest
+
+
+def read_sources(
+    files: list[SourceFile],
+    cfg: StageConfig,
+    rows_of_chunk: RowsOfChunk,
+    *,
+    resolve_files: Callable[[list[SourceFile], list], list[SourceFile]] | None = None,
+    dedup_text: Callable[[pa.Table], pa.Table] | None = None,
+) -> SourceRecords:
+    """Survey, read and deduplicate `files` on Ray (init it first).
+
+    rows_of_chunk: a chunk's rows (RECORD_SCHEMA), e.g. sources.read_records with a converter.
+    resolve_files: settles per-file settings from the surveys before reading (SFT's record format).
+    dedup_text: kept records -> the (key, text) that dedup compares; default: the record's text.
+    """
+    survey = ray.remote(num_cpus=1)(survey_source_file)
+    chunk_bytes = read_chunk_bytes(files, cfg.read.chunk_mb, cfg.workers)
+    surveys = ray.get([survey.remote(f, chunk_bytes) for f in files])
+    if resolve_files is not None:
+        files = resolve_files(files, surveys)
+    chunks = plan_chunks(files, surveys)
+    docs = _read_chunks(chunks, cfg.workers, rows_of_chunk).materialize()
+    kept = docs.filter(expr=col("status") == "ok")
+    compared = kept.map_batches(dedup_text, batch_format="pyarrow") if dedup_text is not None else kept
+    duplicates = find_duplicates(compared, cfg.dedup, cfg.seed, cfg.workers)
+    return SourceRecords(cfg, files, surveys, chunks, docs, duplicates)
+
+
+def read_chunk_bytes(files: list[SourceFile], chunk_mb: float, workers: int) -> int:
+    """Chunk size: at most read.chunk_mb, and small enough that every worker gets a few chunks."""
+    total = sum(Path(f.path).stat().st_size for f in files)
+    return max(1024**2, min(int(chunk_mb * 1024**2), total // (4 * workers)))
+
+
+def _read_chunks(chunks: list[PlannedChunk], workers: int, rows_of_chunk: RowsOfChunk) -> ray.data.Dataset:
+    index = ray.data.from_items([{"chunk": c.index} for c in chunks], override_num_blocks=max(len(chunks), 1))
+    return index.map_batches(
+        _chunk_rows, batch_size=1, batch_format="numpy",
+        fn_kwargs={"chunks": chunks, "rows_of_chunk": rows_of_chunk}, concurrency=workers,
+    )
+
+
+def _chunk_rows(batch: dict, chunks: list[PlannedChunk], rows_of_chunk: RowsOfChunk) -> pa.Table:
+    rows = [row for i in batch["chunk"] for row in rows_of_chunk(chunks[int(i)])]
+    return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+
+
+def _input_record(file: SourceFile, survey: FileSurvey | str) -> dict:
+    record = {"source": file.source.name, "path": str(Path(file.path).resolve())}
+    if isinstance(file.source, SFTSourceConfig):
+        record["record_format"] = file.source.record_format  # as detected for this file
+    if isinstance(survey, str):
+        return record | {"error": survey}
+    return record | {"size": survey.size, "sha256": survey.sha256, "encoding": survey.encoding,
+                     "format": survey.format, "chunks": len(survey.chunks)}
