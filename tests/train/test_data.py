@@ -1,4 +1,4 @@
-"""The order training reads its rows in (train/data.py): a shuffle fixed by seed and epoch."""
+"""The order training reads its rows in (train/data.py): a shuffle fixed by seed and epoch, dealt out to ranks."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmforge.train.data import TrainData, epoch_dataset
+from lmforge.train import data as train_data
+from lmforge.train.data import TrainData, share_epoch_order, worker_epoch_dataset
 
 ROWS = 1000
 
 
 @pytest.fixture(scope="module")
-def rows(ray_local, tmp_path_factory) -> TrainData:
+def rows(tmp_path_factory) -> TrainData:
     """Prepared rows with ids 0..999 (only the id column matters to the order)."""
     path = tmp_path_factory.mktemp("rows") / "rows-00000.parquet"
     pq.write_table(pa.table({"row": np.arange(ROWS, dtype=np.int64)}), path)
@@ -30,7 +31,7 @@ def epoch_order(rows):
 
 
 def _read_order(rows: TrainData, seed: int, epoch: int, eval_rows: int = 0) -> np.ndarray:
-    return epoch_dataset(rows, epoch, seed, eval_rows).to_pandas()["row"].to_numpy()
+    return train_data.epoch_order(rows, epoch, seed, eval_rows)
 
 
 def _position_of_each_id(order: np.ndarray) -> np.ndarray:
@@ -66,3 +67,16 @@ def test_other_epochs_and_seeds_give_unrelated_orders(epoch_order):
     first = _position_of_each_id(epoch_order(seed=0, epoch=0))
     assert abs(_correlation(first, _position_of_each_id(epoch_order(seed=0, epoch=1)))) < 0.1
     assert abs(_correlation(first, _position_of_each_id(epoch_order(seed=1, epoch=0)))) < 0.1
+
+
+@pytest.mark.parametrize("world, micro", [(2, 2), (3, 4)])
+def test_each_rank_reads_its_micro_batches_of_the_epoch_order_and_only_whole_global_batches(
+        ray_local, rows, epoch_order, world, micro):
+    order = epoch_order(seed=0, epoch=0, eval_rows=10)
+    shared = share_epoch_order(order)
+    per_rank = [worker_epoch_dataset(rows, shared, rank, world, micro).to_pandas()["row"].to_numpy()
+                for rank in range(world)]
+    steps = order.size // (world * micro)
+    assert all(ids.size == steps * micro for ids in per_rank)
+    interleaved = np.stack([ids.reshape(steps, micro) for ids in per_rank], axis=1).reshape(-1)
+    assert np.array_equal(interleaved, order[: steps * world * micro])

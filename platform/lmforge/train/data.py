@@ -1,4 +1,4 @@
-"""The prepared data a training run reads: checked on the driver, ordered per epoch (loop.py slices it).
+"""The prepared data a training run reads: checked on the driver, ordered per epoch, dealt out to workers.
 
 Training never tokenizes: it reads the Parquet rows that prepare-pretrain (blocks) or prepare-sft
 (packed rows) wrote, and their manifest says what they are. Each epoch visits the rows in an order
@@ -66,14 +66,53 @@ def load_train_data(directory: str) -> TrainData:
     )
 
 
-def epoch_dataset(data: TrainData, epoch: int, seed: int, eval_rows: int) -> ray.data.Dataset:
-    """Training rows of one epoch in their (seed, epoch) order; the last `eval_rows` row ids are held out."""
-    held_out = _held_out_ids(data, eval_rows)
-    ranked = _read(data).map_batches(
-        _rank_rows, batch_format="pyarrow",
-        fn_kwargs={"row_id": data.row_id, "salt": seed * 1_000_003 + epoch, "held_out": held_out},
-    )
-    return ranked.sort("rank").drop_columns(["rank"])
+def train_split(epoch: int, rank: int) -> str:
+    """The name of rank `rank`'s dataset of `epoch` among the datasets Ray Train hands every worker."""
+    return f"train_{epoch}_rank{rank}"
+
+
+def epoch_order(data: TrainData, epoch: int, seed: int, eval_rows: int) -> np.ndarray:
+    """The training row ids of one epoch in reading order, fixed by (seed, epoch); held-out ids excluded.
+
+    Only the id column is read: the driver orders ids, the workers move the rows (worker_epoch_dataset).
+    """
+    ids = _row_ids(data)
+    ids = ids[~np.isin(ids, _held_out_ids(data, eval_rows))]
+    return ids[np.argsort(splitmix64(ids, seed * 1_000_003 + epoch), kind="stable")]  # a full mix: neighbours scatter
+
+
+def share_epoch_order(order: np.ndarray) -> ray.ObjectRef:
+    """`order` as an id -> position lookup (ids sorted, their positions) in the object store, for all ranks."""
+    by_id = np.argsort(order, kind="stable")
+    return ray.put((order[by_id], by_id, len(order)))
+
+
+def worker_epoch_dataset(data: TrainData, order: ray.ObjectRef, rank: int, world: int,
+                         micro_batch_size: int) -> ray.data.Dataset:
+    """Rank `rank`'s rows of an epoch, in order: the epoch order dealt out in micro batches, whole global batches only.
+
+        order      r0 r1 r2 r3 r4 r5 r6 r7 r8      (world 2, micro batch 2: global batches of 4 rows)
+        rank 0     r0 r1       r4 r5               r8 is not in a whole global batch: no rank reads it
+        rank 1           r2 r3       r6 r7
+
+    `order` comes from share_epoch_order. Each worker reads the files but keeps and sorts only its
+    share, so an epoch costs one shuffle of the data in all, not one per worker.
+    """
+    return _read(data).map_batches(
+        _keep_rank_rows, batch_format="pyarrow",
+        fn_kwargs={"row_id": data.row_id, "order": order, "rank": rank, "world": world, "micro": micro_batch_size},
+    ).sort("position").drop_columns(["position"])
+
+
+def _keep_rank_rows(batch: pa.Table, row_id: str, order: ray.ObjectRef, rank: int, world: int,
+                    micro: int) -> pa.Table:
+    sorted_ids, positions, rows = ray.get(order)
+    whole = rows // (world * micro) * (world * micro)
+    ids = batch.column(row_id).to_numpy()
+    found = np.searchsorted(sorted_ids, ids).clip(max=rows - 1)
+    position = positions[found]
+    keep = (sorted_ids[found] == ids) & (position < whole) & ((position // micro) % world == rank)
+    return batch.filter(pa.array(keep)).append_column("position", pa.array(position[keep], pa.int64()))
 
 
 def eval_dataset(data: TrainData, eval_rows: int) -> ray.data.Dataset:
@@ -87,17 +126,13 @@ def _read(data: TrainData) -> ray.data.Dataset:
     return ray.data.read_parquet(list(data.files))
 
 
+def _row_ids(data: TrainData) -> np.ndarray:
+    return np.concatenate([pq.read_table(f, columns=[data.row_id]).column(0).to_numpy() for f in data.files])
+
+
 def _held_out_ids(data: TrainData, eval_rows: int) -> np.ndarray:
     if eval_rows == 0:
         return np.zeros(0, np.int64)
     if eval_rows >= data.rows:
         raise ValueError(f"data.eval_rows {eval_rows} leaves no training rows (the data has {data.rows})")
-    ids = np.concatenate([pq.read_table(f, columns=[data.row_id]).column(0).to_numpy() for f in data.files])
-    return np.sort(ids)[-eval_rows:]
-
-
-def _rank_rows(batch: pa.Table, row_id: str, salt: int, held_out: np.ndarray) -> pa.Table:
-    ids = batch.column(row_id).to_numpy()
-    batch = batch.filter(pa.array(~np.isin(ids, held_out)))
-    rank = splitmix64(batch.column(row_id).to_numpy(), salt)  # a full mix: neighbouring ids land far apart
-    return batch.append_column("rank", pa.array(rank, pa.uint64()))
+    return np.sort(_row_ids(data))[-eval_rows:]

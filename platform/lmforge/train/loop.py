@@ -8,7 +8,8 @@ step consumes `global_batch_size` rows across all workers: the next rows of the 
     rank 0        r0 r1       | r4 r5       | ...     (world 2, micro batch 2, accumulation 2:
     rank 1              r2 r3 |       r6 r7 | ...      one optimizer step = r0 .. r7)
 
-so any run, on any number of workers, continues from the same row after `rows_in_epoch`.
+each rank reading its own column of that picture (data.worker_epoch_dataset), so any run, on any
+number of workers, continues from the same row after `rows_in_epoch`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from lmforge.train.checkpoint import (
     save_checkpoint,
     universal_tag,
 )
-from lmforge.train.data import TrainData
+from lmforge.train.data import TrainData, train_split
 from lmforge.train.deepspeed_config import deepspeed_config, patch_deepspeed_for_cpu
 from lmforge.train.metrics import MetricsLog, model_flops_utilisation
 from lmforge.train.model import apply_lora, build_model
@@ -60,19 +61,18 @@ def train_loop(config: dict) -> None:
     step_started, step_losses, step_tokens = time.perf_counter(), [], 0
     for epoch in range(state.epoch, config["epochs"]):
         rows_done = state.rows_in_epoch if epoch == state.epoch else 0
-        # Every worker gets the whole epoch (run.py) and keeps its slice of each batch: Ray's own split
-        # deals out blocks, whose boundaries differ from run to run, and exact resume needs fixed rows.
-        batches = ray.train.get_dataset_shard(f"train_{epoch}").iter_batches(
-            batch_size=world * cfg.micro_batch_size, batch_format="numpy", drop_last=True
+        # Each rank reads its own dataset of the epoch, already ordered and holding only whole global
+        # batches (data.py), so any run on any number of workers continues from the same row.
+        batches = ray.train.get_dataset_shard(train_split(epoch, rank)).iter_batches(
+            batch_size=cfg.micro_batch_size, batch_format="numpy", drop_last=True
         )
-        mine = slice(rank * cfg.micro_batch_size, (rank + 1) * cfg.micro_batch_size)
         skip = rows_done // (world * cfg.micro_batch_size)  # the data position of a resumed run
         for index, batch in enumerate(batches):
             if index < skip:
                 continue
             if engine.global_steps >= total_steps:
                 break
-            inputs = _to_inputs({name: rows[mine] for name, rows in batch.items()}, data, model.config.model_type)
+            inputs = _to_inputs(batch, data, model.config.model_type)
             loss = engine(**inputs).loss
             engine.backward(loss)
             engine.step()

@@ -22,7 +22,15 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from lmforge.config import TrainConfig
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
-from lmforge.train.data import TrainData, epoch_dataset, eval_dataset, load_train_data
+from lmforge.train.data import (
+    TrainData,
+    epoch_order,
+    eval_dataset,
+    load_train_data,
+    share_epoch_order,
+    train_split,
+    worker_epoch_dataset,
+)
 from lmforge.train.deepspeed_config import deepspeed_config
 from lmforge.train.loop import train_loop
 from lmforge.train.model import flops_per_token, max_positions, model_config
@@ -55,7 +63,12 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
     init_ray(cfg.ray)
     run_dir = Path(cfg.storage_path).resolve() / cfg.run_name
     write_run_spec(run_dir, cfg, data)
-    datasets = {f"train_{e}": epoch_dataset(data, e, cfg.seed, cfg.data.eval_rows) for e in range(epochs)}
+    datasets = {}
+    for epoch in range(epochs):
+        order = share_epoch_order(epoch_order(data, epoch, cfg.seed, cfg.data.eval_rows))
+        for rank in range(cfg.num_workers):
+            datasets[train_split(epoch, rank)] = worker_epoch_dataset(
+                data, order, rank, cfg.num_workers, cfg.micro_batch_size)
     if cfg.data.eval_rows:
         datasets["eval"] = eval_dataset(data, cfg.data.eval_rows)
     trainer = TorchTrainer(
@@ -78,7 +91,7 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
         ),
         datasets=datasets,
-        # training epochs reach every worker whole and in order; each takes its slice (loop.py): exact resume
+        # each worker iterates only its own train_split, already in order (data.py): exact resume
         dataset_config=DataConfig(datasets_to_split=["eval"] if cfg.data.eval_rows else [],
                                   execution_options=ExecutionOptions(preserve_order=True)),
     )
