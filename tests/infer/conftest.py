@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))  # chec
 # Two passages and what the QA-writing model learns to answer for each: a well-formed reply and one
 # that no parser accepts, so a synth job meets both.
 PASSAGES = ["疟疾是由疟原虫引起的传染病，经按蚊叮咬传播。", "伤寒由伤寒沙门菌引起，经粪口途径传播。"]
-WRITER_REPLIES = ["问题1:疟疾由什么引起?\n答案1:疟原虫。\n问题2:疟疾怎么传播?\n答案2:按蚊叮咬。", "这段内容很好。"]
+WRITER_REPLIES = ["问题1:疟疾由什么引起?\n答案1:疟原虫。", "这段内容很好。"]
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def qa_writer_model_dir(tiny_tokenizer, tmp_path_factory) -> Path:
     qa = [(template.replace("{passage}", p), reply) for p, reply in zip(PASSAGES, WRITER_REPLIES)]
     root = tmp_path_factory.mktemp("qa_writer")
     with single_process_group(root):
-        run = make_run(root / "sft", tiny_tokenizer, architecture="llama", config=LLAMA, steps=80, save_at=(80,),
+        run = make_run(root / "sft", tiny_tokenizer, architecture="llama", config=LLAMA, steps=120, save_at=(120,),
                        qa=qa)
     run_convert(ConvertConfig(checkpoint=str(run), output_dir=str(root / "model"), dtype="fp32"))
     return root / "model"

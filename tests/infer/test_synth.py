@@ -35,7 +35,8 @@ def test_passages_keep_whole_sentences_up_to_the_limit():
 
 def test_a_parsed_answer_becomes_one_conversation_per_pair_with_the_passage_as_provenance():
     item = {"id": "fever:3:0", "passage": "...", "provenance": {"source": "fever", "line": 3, "passage_id": "fever:3:0"}}
-    records = conversations_from(_cfg("qa_from_passages"), item, _result(WRITER_REPLIES[0]))
+    text = "问题1:疟疾由什么引起?\n答案1:疟原虫。\n问题2:疟疾怎么传播?\n答案2:按蚊叮咬。"
+    records = conversations_from(_cfg("qa_from_passages"), item, _result(text))
     assert [r["id"] for r in records] == ["fever:3:0#1", "fever:3:0#2"]
     assert records[0]["conversations"] == [{"from": "human", "value": "疟疾由什么引起?"}, {"from": "gpt", "value": "疟原虫。"}]
     assert records[1]["provenance"]["passage_id"] == "fever:3:0" and records[1]["provenance"]["recipe"] == "qa_from_passages"
@@ -94,7 +95,7 @@ def test_the_qa_job_keeps_parsed_pairs_and_quarantines_the_rest_with_counts_that
     c = manifest.counts
     assert c["read"] == 4 and c["skipped_short_passages"] == 1 and c["items"] == 3
     assert (c["kept_items"], c["unparsed_items"], c["failed_items"]) == (1, 1, 1)
-    assert c["sft_records"] == 2
+    assert c["sft_records"] == 1
     quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert sorted(q["stage"] for q in quarantine) == ["failed", "unparsed"]
     assert {q["provenance"]["passage_id"] for q in quarantine} == {"book:3:0", "book:4:0"}
@@ -105,12 +106,14 @@ def test_the_synthetic_records_go_straight_into_prepare_sft(synth_run, tiny_toke
     from lmforge.data.sft import run_prepare_sft
 
     _, out = synth_run
-    records = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
-    assert records[0]["provenance"]["passage_id"] == "book:1:0"
+    [record] = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
+    assert record["provenance"]["passage_id"] == "book:1:0"
+    question, answer = WRITER_REPLIES[0].split("\n")
+    assert [t["value"] for t in record["conversations"]] == [question[4:], answer[4:]]
     manifest = run_prepare_sft(SFTDataConfig(
         sources=[SFTSourceConfig(path=str(out / "sft.jsonl"))], tokenizer=str(tiny_tokenizer),
         output_dir=str(tmp_path / "sft_data"), max_length=128, workers=1,
     ))
     assert manifest.inputs[0]["record_format"] == "sharegpt"
-    assert manifest.counts["total"]["read"] == 2 and manifest.counts["total"]["quarantined"] == 0
+    assert manifest.counts["total"]["read"] == 1 and manifest.counts["total"]["quarantined"] == 0
     assert manifest.outputs["samples"] >= 1
