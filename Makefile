@@ -32,8 +32,10 @@ demo: install
 	$(BIN)/lmforge convert configs/demo/convert_pretrain.yaml
 	$(BIN)/lmforge sft configs/demo/sft.yaml
 	$(BIN)/lmforge convert configs/demo/convert.yaml
+	$(BIN)/lmforge synth configs/demo/synth.yaml
+	$(BIN)/lmforge eval configs/demo/eval.yaml
 	$(BIN)/lmforge serve configs/demo/serve.yaml ask_once="$(DEMO_QUESTION)"
-	@echo "demo outputs in $(RUNS)/demo: tokenizer/ pretrain_data/ sft_data/ train/ pretrained_model/ model/ serve/"
+	@echo "demo outputs in $(RUNS)/demo: tokenizer/ pretrain_data/ sft_data/ train/ pretrained_model/ model/ synth/ eval/ serve/"
 
 test: install
 	$(BIN)/python -m pytest
@@ -46,6 +48,7 @@ bench: install
 	$(BIN)/python bench/sft_packing.py
 	$(BIN)/python bench/minhash.py
 	$(BIN)/python bench/serve_throughput.py
+	$(BIN)/python bench/batch_infer.py
 
 clean:
 	rm -rf runs bench/work

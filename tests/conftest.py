@@ -1,8 +1,9 @@
-"""Shared fixtures: the real sample data, one local Ray per test session, a tiny tokenizer."""
+"""Shared fixtures: the real sample data, one local Ray per test session, a tiny tokenizer, a tiny chat model."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,20 @@ def tiny_tokenizer(tmp_path_factory, shared_data) -> Path:
         vocab_size=2000,
     ))
     return out
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tiny_tokenizer, tmp_path_factory) -> Path:
+    """A converted fp32 tiny Llama (head_dim 32, which vLLM's CPU attention accepts) trained on
+    checkpoint_helpers.QA: greedy answers to the two questions end in EOS. Serve and infer tests share it."""
+    sys.path.insert(0, str(REPO / "tests" / "convert"))  # the tiny-run recipe lives there
+    from checkpoint_helpers import LLAMA, make_run, single_process_group
+
+    from lmforge.config import ConvertConfig
+    from lmforge.convert.convert import run_convert
+
+    root = tmp_path_factory.mktemp("chat_model")
+    with single_process_group(root):
+        run = make_run(root / "sft", tiny_tokenizer, architecture="llama", config=LLAMA, steps=60, save_at=(60,))
+    run_convert(ConvertConfig(checkpoint=str(run), output_dir=str(root / "model"), dtype="fp32"))
+    return root / "model"

@@ -18,6 +18,9 @@ STAGE_OF_PREFIX = {
     "sft": "sft",
     "convert": "convert",
     "serve": "serve",
+    "synth": "synth",
+    "eval": "eval",
+    "batch_infer": "batch-infer",
 }
 
 

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 import yaml
 
 from lmforge.config import (
+    BatchInferConfig,
     ConfigError,
     ConvertConfig,
+    EvalConfig,
     PretrainDataConfig,
     ServeConfig,
     SFTDataConfig,
+    SynthConfig,
     TokenizerTrainConfig,
     TrainConfig,
     describe_fields,
@@ -46,6 +49,12 @@ STAGES = {
                      "ZeRO-3 checkpoint -> Hugging Face model dir (safetensors, tokenizer, chat template; LoRA merged)."),
     "serve": Stage(ServeConfig, "lmforge.serve.run:run_serve",
                    "Serve a converted model: OpenAI API on Ray Serve + vLLM (blocks; writes serve_deploy.yaml)."),
+    "batch-infer": Stage(BatchInferConfig, "lmforge.infer.batch_infer:run_batch_infer",
+                         "Answer a prompt set with a converted model: Ray Data + vLLM engine actors; reruns resume."),
+    "synth": Stage(SynthConfig, "lmforge.infer.synth:run_synth",
+                   "Synthetic SFT data (QA from passages, polite refusals, multi-turn) for prepare-sft."),
+    "eval": Stage(EvalConfig, "lmforge.infer.evaluate:run_eval",
+                  "Perplexity, multiple choice and open QA of several models; report.json + report.md."),
 }
 
 

@@ -46,10 +46,10 @@ def release_process_group() -> None:
         dist.destroy_process_group()
 
 
-def sft_rows(tokenizer, template: str) -> list[list[int]]:
+def sft_rows(tokenizer, template: str, qa: list[tuple[str, str]] = QA) -> list[list[int]]:
     """Prompt in `template` + answer + EOS, tokenized apart as prepare-sft does (the prompt's tail stays whole)."""
     rows = []
-    for question, answer in QA:
+    for question, answer in qa:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], chat_template=template,
                                                tokenize=False, add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -58,8 +58,9 @@ def sft_rows(tokenizer, template: str) -> list[list[int]]:
 
 
 def make_run(run_dir: Path, tokenizer_dir: Path, *, architecture: str, config: dict, kind: str = "sft",
-             lora: bool = False, steps: int = 40, save_at: tuple[int, ...] = (40,)) -> Path:
-    """Train `steps` steps on the QA rows with ZeRO-3 (fp32) and save checkpoint_* dirs + run.json like a run."""
+             lora: bool = False, steps: int = 40, save_at: tuple[int, ...] = (40,),
+             qa: list[tuple[str, str]] = QA) -> Path:
+    """Train `steps` steps on the `qa` rows with ZeRO-3 (fp32) and save checkpoint_* dirs + run.json like a run."""
     import transformers
 
     from lmforge.config import TrainConfig
@@ -79,7 +80,7 @@ def make_run(run_dir: Path, tokenizer_dir: Path, *, architecture: str, config: d
         "num_workers": 1, "global_batch_size": 1, "micro_batch_size": 1, "optim": {"lr": 1e-2 if lora else 5e-3},
         "zero": {"precision": "fp32"},
     })
-    data = TrainData(kind=kind, files=(), rows=len(QA), sequence_length=64, vocab_size=len(tokenizer),
+    data = TrainData(kind=kind, files=(), rows=len(qa), sequence_length=64, vocab_size=len(tokenizer),
                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                      tokenizer_dir=str(tokenizer_dir), chat_template=SFT_TEMPLATE if kind == "sft" else None)
     write_run_spec(run_dir, cfg, data)
@@ -89,7 +90,7 @@ def make_run(run_dir: Path, tokenizer_dir: Path, *, architecture: str, config: d
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=deepspeed_config(cfg, on_gpu=False, total_steps=steps))
     engine.lr_scheduler.step(0)
-    rows = sft_rows(tokenizer, SFT_TEMPLATE)
+    rows = sft_rows(tokenizer, SFT_TEMPLATE, qa)
     for step in range(1, steps + 1):
         ids = torch.tensor([rows[step % len(rows)]])
         engine.backward(engine(input_ids=ids, labels=ids, use_cache=False).loss)

@@ -1,5 +1,5 @@
-"""Serve fixtures: the convert tests' tiny SFT model (answers two fixed questions, then EOS), converted,
-and one Serve app on it for the whole serve package (starting one takes 45-130 s here)."""
+"""Serve fixtures: one Serve app for the whole serve package (starting one takes 45-130 s here) on the
+session's `chat_model_dir` (tests/conftest.py: a tiny SFT model that answers two fixed questions, then EOS)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))  # the tiny-run recipe lives there
-from checkpoint_helpers import LLAMA, make_run, single_process_group
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))  # checkpoint_helpers.QA for the tests
 from served_app import KEY, MODEL
 
 
@@ -26,19 +25,6 @@ def pytest_collection_modifyitems(items):
     rest = [item for item in items if not item.get_closest_marker("kills_replica")]
     last = max(i for i, item in enumerate(rest) if serve_dir in item.path.parents)
     items[:] = rest[:last + 1] + disturbing + rest[last + 1:]
-
-
-@pytest.fixture(scope="session")
-def chat_model_dir(tiny_tokenizer, tmp_path_factory) -> Path:
-    """A converted fp32 tiny Llama (head_dim 32, which vLLM's CPU attention accepts) trained on checkpoint_helpers.QA."""
-    from lmforge.config import ConvertConfig
-    from lmforge.convert.convert import run_convert
-
-    root = tmp_path_factory.mktemp("serve_model")
-    with single_process_group(root):
-        run = make_run(root / "sft", tiny_tokenizer, architecture="llama", config=LLAMA, steps=60, save_at=(60,))
-    run_convert(ConvertConfig(checkpoint=str(run), output_dir=str(root / "model"), dtype="fp32"))
-    return root / "model"
 
 
 def _free_port() -> int:
