@@ -12,8 +12,8 @@ from lmforge.config.base import RayConfig, StrictModel
 TemplateName = Literal["plain", "qa", "dialogue", "medical_csv", "format"]
 
 
-class BaseSourceConfig(StrictModel):
-    """What every input source has: a name, files, how they are encoded, and its mixture weight."""
+class FilesConfig(StrictModel):
+    """What every input has: a name, files, their format and how they are encoded."""
 
     name: str | None = Field(None, description="Name in reports; default: the first path's file stem.")
     path: list[str] = Field(description="File paths or globs (a single string is accepted).")
@@ -21,7 +21,6 @@ class BaseSourceConfig(StrictModel):
         None, description="File format; default: from the extension."
     )
     encoding: str | None = Field(None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030).")
-    weight: float = Field(1.0, gt=0, description="Relative share of this source in the output tokens.")
 
     @field_validator("path", mode="before")
     @classmethod
@@ -29,12 +28,18 @@ class BaseSourceConfig(StrictModel):
         return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _default_name(self) -> BaseSourceConfig:
+    def _default_name(self) -> FilesConfig:
         if not self.path:
             raise ValueError("path: give at least one file or glob")
         if self.name is None:
             self.name = Path(self.path[0]).stem or "source"
         return self
+
+
+class BaseSourceConfig(FilesConfig):
+    """An input source of a data stage: its files and its mixture weight."""
+
+    weight: float = Field(1.0, gt=0, description="Relative share of this source in the output tokens.")
 
 
 def check_source_names(sources: list[BaseSourceConfig]) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lmforge.config.base import RayConfig, StrictModel
-from lmforge.config.data import SFTRecordFormat, SourceConfig
+from lmforge.config.data import FilesConfig, SFTRecordFormat, SourceConfig, check_source_names
 
 
 def _as_list(value: Any) -> Any:
@@ -54,15 +54,12 @@ class SamplingConfig(StrictModel):
     seed: int | None = Field(0, description="Sampling seed per request (same seed, same output when sampling).")
 
 
-class PromptSourceConfig(StrictModel):
+class PromptSourceConfig(FilesConfig):
     """Prompts to answer: a `prompt` field per record, or conversations in any SFT schema (prepare-sft's)."""
 
-    name: str | None = Field(None, description="Name in reports; default: the first path's file stem.")
-    path: list[str] = Field(description="File paths or globs (a single string is accepted).")
     format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
         None, description="File format; default: from the extension."
     )
-    encoding: str | None = Field(None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030).")
     record_format: Literal["auto", "prompt"] | SFTRecordFormat = Field(
         "auto",
         description="prompt: the prompt_field holds the user's text; an SFT schema (alpaca, sharegpt, ...): the "
@@ -76,19 +73,6 @@ class PromptSourceConfig(StrictModel):
     @property
     def text_unit(self) -> str:  # records are never blank-line paragraphs
         return "line"
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _one_path_is_a_list(cls, value: Any) -> Any:
-        return _as_list(value)
-
-    @model_validator(mode="after")
-    def _default_name(self) -> PromptSourceConfig:
-        if not self.path:
-            raise ValueError("path: give at least one file or glob")
-        if self.name is None:
-            self.name = Path(self.path[0]).stem or "prompts"
-        return self
 
 
 class BatchInferConfig(StrictModel):
@@ -105,11 +89,7 @@ class BatchInferConfig(StrictModel):
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> BatchInferConfig:
-        names = [s.name for s in self.sources]
-        if not names:
-            raise ValueError("sources: give at least one prompt file")
-        if len(set(names)) != len(names):
-            raise ValueError(f"sources: names must be unique, got {names} (set name:)")
+        check_source_names(self.sources)
         return self
 
 
