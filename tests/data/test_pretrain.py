@@ -206,3 +206,9 @@ def test_missing_input_file_fails_before_any_work(tmp_path, tiny_tokenizer):
 def test_source_names_default_to_file_stems():
     source = SourceConfig(path="/data/fever.txt")
     assert source.name == "fever"
+
+
+def test_the_output_dir_has_a_document_length_histogram_and_the_mixture_shares_as_pictures(mixed_run):
+    manifest, out = mixed_run
+    assert manifest.outputs["plots"] == ["token_lengths.png", "mixture.png"]
+    assert all((out / name).stat().st_size > 1000 for name in manifest.outputs["plots"])

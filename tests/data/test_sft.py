@@ -194,3 +194,8 @@ def test_rendered_rows_of_dropped_conversations_are_empty_and_say_why(tiny_token
     assert [r["status"] for r in rows] == ["ok", "filtered:too_long", "filtered:no_trained_turn"]
     assert rows[0]["n_tokens"] == len(rows[0]["input_ids"]) > rows[0]["n_trained"] > 0
     assert all(r["input_ids"] == r["labels"] == [] and r["n_tokens"] == r["n_trained"] == 0 for r in rows[1:])
+
+
+def test_the_output_dir_has_a_sample_length_histogram_and_the_mixture_shares_as_pictures(all_files_run):
+    manifest, out = all_files_run
+    assert all((out / name).stat().st_size > 1000 for name in manifest.outputs["plots"])

@@ -29,6 +29,7 @@ from lmforge.data.accounting import drop_keys, per_source_totals, reset_output_d
 from lmforge.data.clean import clean_text, rejection_reason
 from lmforge.data.mixing import mixture_factors, repeat_by_mixture
 from lmforge.data.packing import Piece, pack_group, pieces_to_table, stitch_fragments
+from lmforge.data.plots import length_histogram, write_data_plots
 from lmforge.data.read_sources import read_sources
 from lmforge.data.sources import PlannedChunk, list_source_files, read_records
 from lmforge.data.tokenize import DocumentTokenizer, TokenizerSpec
@@ -56,8 +57,10 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     shards = write_shards(packed.blocks, out, cfg.pack.blocks_per_shard)
 
     counts = records.counts(kept_stats, factors, per_source_totals(mixed))
+    plots = write_data_plots(out, length_histogram(tokenized), counts["sources"], "document length")
     return records.write_manifest("prepare-pretrain", out, {
         "shards": shards,
+        "plots": plots,
         "columns": {"block": "int64", "input_ids": "list<int32>", "doc_lens": "list<int32>"},
         "block_size": cfg.pack.block_size,
         "blocks": packed.num_blocks,

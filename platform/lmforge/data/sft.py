@@ -32,6 +32,7 @@ from lmforge.data.chat_render import IGNORE_INDEX, ChatRenderer, NothingToTrain,
 from lmforge.data.conversation import Conversation
 from lmforge.data.hashing import splitmix64
 from lmforge.data.mixing import mixture_factors, repeat_by_mixture
+from lmforge.data.plots import length_histogram, write_data_plots
 from lmforge.data.read_sources import read_sources
 from lmforge.data.readers import read_chunk
 from lmforge.data.sft_formats import detect_file_record_format, to_conversation
@@ -74,8 +75,10 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
         row["trained_tokens"] = sample_stats.get(name, {}).get("trained_tokens", 0)
 
     totals = {key: sum(s[key] for s in shards) for key in ("rows", "samples", "tokens", "trained_tokens")}
+    plots = write_data_plots(out, length_histogram(rendered), counts["sources"], "sample length")
     return records.write_manifest("prepare-sft", out, {
         "shards": shards,
+        "plots": plots,
         "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
                     "boundaries": "list<int32>", "keys": "list<int64>", "row": "int64"},
         "max_length": cfg.max_length,
