@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/sft_packing.py
 	$(BIN)/python bench/minhash.py
+	$(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf runs bench/work
