@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python bench/minhash.py
 	$(BIN)/python bench/serve_throughput.py
 	$(BIN)/python bench/batch_infer.py
+	$(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf runs bench/work

@@ -33,7 +33,7 @@ from lmforge.train.data import load_train_data
 from lmforge.train.model import TINY_CONFIGS, build_model
 from lmforge.train.run import run_pretrain, run_sft
 
-METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "eval_loss")
+METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "peak_rss_mb", "eval_loss")
 
 
 def _config(storage: Path, name: str, data_dir: Path, architecture: str = "llama", **fields) -> TrainConfig:
@@ -206,6 +206,8 @@ def test_every_step_logs_loss_lr_grad_norm_throughput_and_the_run_ends_with_eval
     assert all(set(METRICS) - {"eval_loss"} <= set(row) for row in rows)
     assert "eval_loss" in rows[-1] and np.isfinite(rows[-1]["eval_loss"])
     assert all(row["tokens_per_s"] > 0 and row["grad_norm"] > 0 for row in rows)
+    peaks = [row["peak_rss_mb"] for row in rows]  # a worker holding torch + Ray is well past 100 MB
+    assert peaks == sorted(peaks) and peaks[0] > 100
     assert (Path(pretrain.storage_path) / pretrain.run_name / "loss.png").stat().st_size > 0
 
 

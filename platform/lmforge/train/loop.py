@@ -15,6 +15,7 @@ number of workers, continues from the same row after `rows_in_epoch`.
 from __future__ import annotations
 
 import math
+import resource
 import time
 
 import numpy as np
@@ -93,7 +94,9 @@ def train_loop(config: dict) -> None:
                 metrics = {"loss": mean_loss, "lr": engine.get_lr()[0], "epoch": epoch,
                            "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                            "tokens_per_s": tokens_per_s, "samples_per_s": cfg.global_batch_size / elapsed,
-                           "model_tflops": tokens_per_s * flops / 1e12}
+                           "model_tflops": tokens_per_s * flops / 1e12,
+                           # ru_maxrss is in KiB on Linux; the largest worker is the one that runs out first
+                           "peak_rss_mb": _all_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
                 mfu = model_flops_utilisation(tokens_per_s, flops, config.get("peak_flops"))
                 if mfu is not None:
                     metrics["mfu"] = mfu
@@ -203,3 +206,9 @@ def _all_sum(value) -> float:
         dist.all_reduce(tensor)
     return float(tensor)
 
+
+def _all_max(value: float) -> float:
+    tensor = torch.tensor(value, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor)
