@@ -18,6 +18,7 @@ STAGE_OF_PREFIX = {
     "sft": "sft",
     "convert": "convert",
     "serve": "serve",
+    "pipeline": "pipeline",
 }
 
 

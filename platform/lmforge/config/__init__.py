@@ -5,7 +5,14 @@ reads the file, expands `${VAR}` / `${VAR:-default}`, applies the overrides and 
 unknown keys are errors naming the file, the key and the closest valid key.
 """
 
-from lmforge.config.base import ConfigError, RayConfig, StrictModel, describe_fields, load_config
+from lmforge.config.base import (
+    ConfigError,
+    RayConfig,
+    StrictModel,
+    describe_fields,
+    load_config,
+    validate_config,
+)
 from lmforge.config.convert import ConvertConfig
 from lmforge.config.data import (
     CleanConfig,
@@ -21,6 +28,7 @@ from lmforge.config.data import (
     TokenizeConfig,
     TokenizerTrainConfig,
 )
+from lmforge.config.pipeline import PipelineConfig, PipelineStageConfig
 from lmforge.config.serve import AutoscalingConfig, ServeConfig
 from lmforge.config.train import (
     CheckpointConfig,
@@ -35,7 +43,7 @@ from lmforge.config.train import (
 
 __all__ = [
     "AutoscalingConfig", "CheckpointConfig", "CleanConfig", "ConfigError", "ConvertConfig", "DedupConfig", "LoraConfig", "MixConfig", "ModelConfig",
-    "OptimConfig", "PackConfig", "PlanConfig", "PretrainDataConfig", "RayConfig", "ReadConfig", "SFTDataConfig", "SFTPackConfig",
+    "OptimConfig", "PackConfig", "PipelineConfig", "PipelineStageConfig", "PlanConfig", "PretrainDataConfig", "RayConfig", "ReadConfig", "SFTDataConfig", "SFTPackConfig",
     "SFTSourceConfig", "ServeConfig", "SourceConfig", "StrictModel", "TokenizeConfig", "TokenizerTrainConfig", "TrainConfig",
-    "TrainDataConfig", "ZeroConfig", "describe_fields", "load_config",
+    "TrainDataConfig", "ZeroConfig", "describe_fields", "load_config", "validate_config",
 ]
