@@ -14,7 +14,7 @@ import pytest
 
 from lmforge.config import ConfigError, PipelineConfig, load_config
 from lmforge.fingerprint import FINGERPRINT_NAME
-from lmforge.pipeline import resolve_stages, run_pipeline
+from lmforge.pipeline import prepare_rerun, resolve_stages, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("train-tokenizer", "prepare-pretrain", "prepare-sft")
@@ -105,3 +105,21 @@ def test_example_pipeline_resolves_every_stage_config(path, monkeypatch):
     monkeypatch.chdir(REPO)  # stage config paths are relative to the working directory, the repo root
     steps = resolve_stages(load_config(PipelineConfig, path))
     assert steps[-1].name == "serve" and steps[-1].config.ask_once
+
+
+def test_a_finished_training_run_is_moved_aside_before_a_rerun_instead_of_resumed(tmp_path):
+    run_dir = tmp_path / "train" / "demo-pretrain"
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text("{}")
+    (run_dir / FINGERPRINT_NAME).write_text("{}")
+    prepare_rerun(run_dir, resumes=True)
+    assert not run_dir.exists()
+    [aside] = (tmp_path / "train").iterdir()
+    assert aside.name.startswith("demo-pretrain.replaced-") and (aside / "manifest.json").is_file()
+
+
+def test_an_unfinished_training_run_stays_to_be_resumed(tmp_path):
+    run_dir = tmp_path / "demo-pretrain"
+    (run_dir / "checkpoint_000000").mkdir(parents=True)  # no manifest.json: interrupted
+    prepare_rerun(run_dir, resumes=True)
+    assert (run_dir / "checkpoint_000000").is_dir()

@@ -139,7 +139,7 @@ def run_step(step: PlannedStage, position: str) -> StageRun:
         return StageRun(step.name, "skipped", "up to date", 0.0, _short(out))
     print(f"lmforge pipeline {position} {step.name}: running ({reason})", flush=True)
     if out:
-        _prepare_rerun(out, stage_output(step.config).resumes)
+        prepare_rerun(out, stage_output(step.config).resumes)
     started = time.perf_counter()
     manifest = STAGES[step.name].function()(step.config)
     seconds = time.perf_counter() - started
@@ -148,7 +148,7 @@ def run_step(step: PlannedStage, position: str) -> StageRun:
     return StageRun(step.name, "ran", reason, seconds, _short(out) if out else _first_output(manifest))
 
 
-def _prepare_rerun(out: Path, resumes: bool) -> None:
+def prepare_rerun(out: Path, resumes: bool) -> None:
     """Drop the old stamp; move a finished run aside where rerunning would resume it instead of starting over."""
     (out / FINGERPRINT_NAME).unlink(missing_ok=True)
     if resumes and (out / MANIFEST_NAME).is_file():

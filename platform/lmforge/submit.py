@@ -15,6 +15,7 @@ storage every node sees.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import sys
 import time
@@ -81,12 +82,12 @@ def submit(stage: str, config_path: str, overrides: list[str], address: str | No
     cfg = resolved_config(stage, config_path, overrides)
     metadata = job_metadata(stage, cfg, config_path, overrides)
     submission_id = f"lmforge-{stage}-{metadata['config_sha256'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    client = JobSubmissionClient(address)  # before writing anything: fails fast when the cluster is unreachable
     uploaded = REPO_DIR / UPLOAD_DIR / f"{submission_id}.yaml"
     uploaded.parent.mkdir(exist_ok=True)
     uploaded.write_text(f"# {stage} config resolved by lmforge submit from {config_path}\n"
                         + yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False),
                         encoding="utf-8")
-    client = JobSubmissionClient(address)
     try:
         client.submit_job(
             entrypoint=shlex.join(["python", str(script), str(uploaded.relative_to(REPO_DIR))]),
@@ -100,7 +101,7 @@ def submit(stage: str, config_path: str, overrides: list[str], address: str | No
         )
     finally:  # submit_job has uploaded the working dir by now
         uploaded.unlink(missing_ok=True)
-        if not any(uploaded.parent.iterdir()):
+        with contextlib.suppress(OSError):  # not empty: another submission is under way
             uploaded.parent.rmdir()
     print(f"lmforge submit: {submission_id} ({metadata['job_name']}, config sha256 {metadata['config_sha256'][:12]})",
           flush=True)
