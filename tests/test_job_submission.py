@@ -40,9 +40,10 @@ def test_submitted_stage_succeeds_with_its_metadata_in_the_dashboard(ray_head, t
 
     client = JobSubmissionClient(ray_head.dashboard_url)
     [job] = client.list_jobs()
-    assert job.status == JobStatus.SUCCEEDED
+    assert job.status == JobStatus.SUCCEEDED, client.get_job_logs(job.submission_id)[-3000:]
     assert job.submission_id.startswith("lmforge-train-tokenizer-")
     info = client.get_job_info(job.submission_id)
+    print(info.metadata)  # shown when an assertion below fails
     assert info.metadata["stage"] == "train-tokenizer"
     assert info.metadata["output_dir"] == str(output)
     assert info.metadata["config_path"] == str(config)
