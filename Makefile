@@ -7,7 +7,7 @@ RUNS ?= $(abspath runs)
 export LMFORGE_SHARED_DATA := $(SHARED_DATA)
 export LMFORGE_RUNS := $(RUNS)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo demo-smoke test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,13 @@ demo: install
 	$(BIN)/lmforge eval configs/demo/eval.yaml
 	$(BIN)/lmforge serve configs/demo/serve.yaml ask_once="$(DEMO_QUESTION)"
 	@echo "demo outputs in $(RUNS)/demo: tokenizer/ pretrain_data/ sft_data/ train/ pretrained_model/ model/ synth/ eval/ serve/"
+
+# The same chain as one `lmforge pipeline` (one process, one Ray) with 2 training steps per run and smaller
+# tokenizer/blocks, started afresh in $(RUNS)/smoke: checks every stage still connects to the next (CI).
+demo-smoke: install
+	rm -rf $(RUNS)/smoke
+	LMFORGE_RUNS=$(RUNS)/smoke LMFORGE_DEMO_QUESTION="$(DEMO_QUESTION)" \
+		$(BIN)/lmforge pipeline configs/demo/pipeline_smoke.yaml
 
 test: install
 	$(BIN)/python -m pytest

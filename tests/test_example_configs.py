@@ -21,6 +21,7 @@ STAGE_OF_PREFIX = {
     "synth": "synth",
     "eval": "eval",
     "batch_infer": "batch-infer",
+    "pipeline": "pipeline",
 }
 
 

@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import yaml
@@ -16,6 +17,7 @@ from lmforge.config import (
     ConfigError,
     ConvertConfig,
     EvalConfig,
+    PipelineConfig,
     PretrainDataConfig,
     ServeConfig,
     SFTDataConfig,
@@ -32,6 +34,10 @@ class Stage:
     config: type
     run: str  # "module:function", imported only when the stage runs (Ray, torch are slow to import)
     summary: str
+
+    def function(self) -> Callable:
+        module, function = self.run.split(":")
+        return getattr(importlib.import_module(module), function)
 
 
 STAGES = {
@@ -55,6 +61,8 @@ STAGES = {
                    "Synthetic SFT data (QA from passages, polite refusals, multi-turn) for prepare-sft."),
     "eval": Stage(EvalConfig, "lmforge.infer.evaluate:run_eval",
                   "Perplexity, multiple choice and open QA of several models; report.json + report.md."),
+    "pipeline": Stage(PipelineConfig, "lmforge.pipeline:run_pipeline",
+                      "Stages in order in one process (one Ray), each skipped when its output is up to date."),
 }
 
 
@@ -72,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     _add_generate(stages)
     _add_plan(stages)
+    _add_submit(stages)
     return parser
 
 
@@ -98,6 +107,37 @@ def _add_plan(stages) -> None:
     sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. micro_batch_size=2")
 
 
+def _add_submit(stages) -> None:
+    """`lmforge submit STAGE CONFIG [key=value ...]`: the stage as a Ray job (lmforge/submit.py)."""
+    sub = stages.add_parser("submit", help="Run a stage or a pipeline as a Ray job, named and tagged for the dashboard.",
+                            description="Submit `python jobs/<STAGE>.py` with the resolved config (uploaded with this "
+                            "checkout as the job's working dir) to the Ray cluster at --address (default: "
+                            "RAY_ADDRESS), with metadata stage, config_sha256, config_path, run_name/output_dir; "
+                            "then print its logs until it ends. Exit 0 only when the job SUCCEEDED.")
+    sub.add_argument("job_stage", choices=list(STAGES), metavar="STAGE", help=", ".join(STAGES))
+    sub.add_argument("config", help="YAML config of the stage (anywhere: the resolved config is uploaded)")
+    sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. max_steps=100")
+    sub.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
+    sub.add_argument("--no-wait", action="store_true", help="return once submitted; do not follow the logs")
+    sub.add_argument("--entrypoint-num-cpus", type=float, default=0,
+                     help="CPUs reserved for the job's driver (default 0: drivers may run on a head with CPU 0)")
+    sub.add_argument("--entrypoint-memory", type=int, help="bytes of RAM reserved for the driver (convert: ~4x model)")
+
+
+def _run_submit(args) -> int:
+    from lmforge.submit import submit
+
+    try:
+        return submit(args.job_stage, args.config, args.overrides, address=args.address, wait=not args.no_wait,
+                      entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_memory=args.entrypoint_memory)
+    except ConfigError as exc:
+        print(f"lmforge submit: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, RuntimeError, FileNotFoundError, ValueError) as exc:
+        print(f"lmforge submit: {exc}", file=sys.stderr)
+        return 1
+
+
 def _run_plan(args) -> int:
     from lmforge.train.plan import plan_report
 
@@ -114,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stage == "plan":
         return _run_plan(args)
+    if args.stage == "submit":
+        return _run_submit(args)
     if args.stage == "generate":
         from lmforge.convert.generate import run_generate
 
@@ -133,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(cfg.model_dump(), allow_unicode=True, sort_keys=False))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    module, function = stage.run.split(":")
     try:
-        manifest = getattr(importlib.import_module(module), function)(cfg)
+        manifest = stage.function()(cfg)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, MemoryError) as exc:
         print(f"lmforge {args.stage}: {exc}", file=sys.stderr)
         return 1

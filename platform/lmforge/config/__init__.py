@@ -5,7 +5,14 @@ reads the file, expands `${VAR}` / `${VAR:-default}`, applies the overrides and 
 unknown keys are errors naming the file, the key and the closest valid key.
 """
 
-from lmforge.config.base import ConfigError, RayConfig, StrictModel, describe_fields, load_config
+from lmforge.config.base import (
+    ConfigError,
+    RayConfig,
+    StrictModel,
+    describe_fields,
+    load_config,
+    validate_config,
+)
 from lmforge.config.convert import ConvertConfig
 from lmforge.config.data import (
     BaseSourceConfig,
@@ -35,6 +42,7 @@ from lmforge.config.infer import (
     SynthConfig,
     SynthPromptsConfig,
 )
+from lmforge.config.pipeline import PipelineConfig, PipelineStageConfig
 from lmforge.config.serve import AutoscalingConfig, ServeConfig
 from lmforge.config.train import (
     CheckpointConfig,
@@ -67,6 +75,8 @@ __all__ = [
     "OptimConfig",
     "PackConfig",
     "PerplexityTaskConfig",
+    "PipelineConfig",
+    "PipelineStageConfig",
     "PlanConfig",
     "PretrainDataConfig",
     "PromptSourceConfig",
@@ -88,4 +98,5 @@ __all__ = [
     "ZeroConfig",
     "describe_fields",
     "load_config",
+    "validate_config",
 ]

@@ -7,6 +7,7 @@ validates. Unknown keys are errors naming the file, the key and the closest vali
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -56,6 +57,13 @@ def load_config(model: type[Model], path: str | Path | None, overrides: list[str
             raise ConfigError(f"{where}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return validate_config(model, data, overrides, where)
+
+
+def validate_config(model: type[Model], data: dict, overrides: list[str] = (), where: str = "command line") -> Model:
+    """Apply `key.sub=value` overrides to a mapping already read (a copy), expand `${VAR}`, validate into `model`;
+    errors name `where`."""
+    data = copy.deepcopy(data)
     for override in overrides:
         _apply_override(data, override)
     data = _expand_env(data)
