@@ -16,15 +16,16 @@ from served_app import KEY, MODEL
 
 
 def pytest_collection_modifyitems(items):
-    """Tests marked `kills_replica` disturb the shared app: run them after the other serve tests."""
+    """The serve tests run last, those marked `kills_replica` at the very end (they disturb the shared app).
+
+    tests/serve is not a Python package, so its "package" fixture lives for the whole session: the app's
+    replica keeps its CPUs until the end, and tests that start Ray work after it would wait for them.
+    """
     serve_dir = Path(__file__).parent
-    in_package = [i for i, item in enumerate(items) if serve_dir in item.path.parents]
-    if not in_package:
-        return
-    disturbing = [item for item in items if item.get_closest_marker("kills_replica")]
-    rest = [item for item in items if not item.get_closest_marker("kills_replica")]
-    last = max(i for i, item in enumerate(rest) if serve_dir in item.path.parents)
-    items[:] = rest[:last + 1] + disturbing + rest[last + 1:]
+    serve = [item for item in items if serve_dir in item.path.parents]
+    others = [item for item in items if serve_dir not in item.path.parents]
+    disturbing = [item for item in serve if item.get_closest_marker("kills_replica")]
+    items[:] = others + [item for item in serve if item not in disturbing] + disturbing
 
 
 def _free_port() -> int:
@@ -33,10 +34,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def api_url(ray_local, chat_model_dir, tmp_path_factory):
-    """The /v1 URL of the app (keys and limits on), shut down after the last serve test: the train tests
-    that follow need the CPUs its replica holds."""
+    """The /v1 URL of the app (keys and limits on), shut down at the end of the session (the serve tests
+    run last: the replica holds CPUs that other tests' Ray work would wait for)."""
     from ray import serve
 
     from lmforge.config import ServeConfig
