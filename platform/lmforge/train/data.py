@@ -76,8 +76,7 @@ def epoch_order(data: TrainData, epoch: int, seed: int, eval_rows: int) -> np.nd
 
     Only the id column is read: the driver orders ids, the workers move the rows (worker_epoch_dataset).
     """
-    ids = _row_ids(data)
-    ids = ids[~np.isin(ids, _held_out_ids(data, eval_rows))]
+    ids = _sorted_row_ids(data, eval_rows)[: data.rows - eval_rows]  # the held-out ids are the largest
     return ids[np.argsort(splitmix64(ids, seed * 1_000_003 + epoch), kind="stable")]  # a full mix: neighbours scatter
 
 
@@ -126,13 +125,12 @@ def _read(data: TrainData) -> ray.data.Dataset:
     return ray.data.read_parquet(list(data.files))
 
 
-def _row_ids(data: TrainData) -> np.ndarray:
-    return np.concatenate([pq.read_table(f, columns=[data.row_id]).column(0).to_numpy() for f in data.files])
+def _sorted_row_ids(data: TrainData, eval_rows: int) -> np.ndarray:
+    """Every row id, sorted (only the id column is read); checks that `eval_rows` leaves training rows."""
+    if eval_rows >= data.rows:
+        raise ValueError(f"data.eval_rows {eval_rows} leaves no training rows (the data has {data.rows})")
+    return np.sort(np.concatenate([pq.read_table(f, columns=[data.row_id]).column(0).to_numpy() for f in data.files]))
 
 
 def _held_out_ids(data: TrainData, eval_rows: int) -> np.ndarray:
-    if eval_rows == 0:
-        return np.zeros(0, np.int64)
-    if eval_rows >= data.rows:
-        raise ValueError(f"data.eval_rows {eval_rows} leaves no training rows (the data has {data.rows})")
-    return np.sort(_row_ids(data))[-eval_rows:]
+    return _sorted_row_ids(data, eval_rows)[data.rows - eval_rows:]
