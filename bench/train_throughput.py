@@ -2,10 +2,16 @@
 single-process PyTorch loop on the same model and batches, at ~1M, ~10M and ~50M parameters.
 
 Data: the shared pretraining files, tokenized by a byte-level BPE (8k vocabulary, `train_tokenizer`)
-and packed by `run_prepare_pretrain` into 256-token blocks (short, so a CPU step takes seconds), both
-cached under bench/work/. Models: Llama built from a config (`build_model`, fp32, untied head,
-head_dim 32), sizes in SIZES. Every run: micro batch 2 rows x 256 tokens; one optimizer step = 4 rows
-(1,024 tokens), torch AdamW, gradient clipping 1.0, constant lr.
+and packed by `run_prepare_pretrain` into 1024-token blocks, both cached under bench/work/. Models:
+Llama built from a config (`build_model`, fp32, untied head, head_dim 32), sizes in SIZES. Every run:
+micro batch 2 rows x 1024 tokens; one optimizer step = 4 rows (4,096 tokens), AdamW (torch's fused
+kernel, as run_pretrain builds it), gradient clipping 1.0, constant lr.
+
+Why 2,048 tokens per micro batch (a quarter of configs/cluster's 4 x 2048): ZeRO-3's traffic per micro
+batch (all-gather the parameters for the forward and again for the backward, reduce-scatter the
+gradients) grows with the parameters, the compute with the tokens. At 512 tokens a 46M model spent
+about as long in gloo (~0.55 s, the floor measured with bare all-gathers) as a third of its compute,
+so the bench measured loopback TCP rather than training.
 
 Measured one after the other, per size:
   ours      `run_pretrain`: 2 Ray Train workers x 1 CPU (Ray sets OMP_NUM_THREADS=1, so 1 torch thread
@@ -23,6 +29,7 @@ best plain tokens/s per core (either thread setting) over ours per core; RESULT 
 
     make bench                                              # .venv/bin/python bench/train_throughput.py
     .venv/bin/python bench/train_throughput.py --quick      # 1M only, fewer steps: a smoke check
+    .venv/bin/python bench/train_throughput.py --sizes 50M  # only the size RESULT uses
 
 Writes bench/results/train_throughput.txt; the last line printed is the RESULT line.
 """
@@ -54,7 +61,7 @@ WORK = REPO / "bench" / "work" / "train_throughput"
 RESULTS = REPO / "bench" / "results" / "train_throughput.txt"
 RAY_TEMP = Path(f"/tmp/lmforge-bench-{os.getpid()}")  # short: Ray's socket paths are length-limited
 
-BLOCK_SIZE, BLOCKS = 256, 512
+BLOCK_SIZE, BLOCKS = 1024, 128
 MICRO_BATCH, WORKERS = 2, 2
 GLOBAL_BATCH = MICRO_BATCH * WORKERS  # accumulation 1 for ours, 2 micro batches per step for plain
 LR, SEED, WARMUP_STEPS = 3e-4, 0, 2
@@ -118,10 +125,17 @@ def run_ours(data_dir: Path, size: str, steps: int, stage: int, checkpointing: b
 
 def epoch_rows(data_dir: Path, count: int) -> list[tuple]:
     """The first `count` (input_ids, doc_lens) rows of epoch 0 in the order `run_pretrain` trains on them."""
-    from lmforge.train.data import epoch_dataset, load_train_data
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    rows = epoch_dataset(load_train_data(str(data_dir)), 0, SEED, eval_rows=0).take(count)
-    return [(row["input_ids"], row["doc_lens"]) for row in rows]
+    from lmforge.train.data import epoch_order, load_train_data
+
+    data = load_train_data(str(data_dir))
+    wanted = epoch_order(data, 0, SEED, eval_rows=0)[:count]
+    table = pa.concat_tables(pq.read_table(f, columns=["block", "input_ids", "doc_lens"]) for f in data.files)
+    by_id = {block: i for i, block in enumerate(table.column("block").to_pylist())}
+    ids, doc_lens = table.column("input_ids").to_pylist(), table.column("doc_lens").to_pylist()
+    return [(ids[by_id[block]], doc_lens[by_id[block]]) for block in wanted.tolist()]
 
 
 def plain_torch_loop(model: dict, vocab_size: int, rows: list[tuple], threads: int) -> dict:
@@ -129,7 +143,7 @@ def plain_torch_loop(model: dict, vocab_size: int, rows: list[tuple], threads: i
     torch.set_num_threads(threads)
     net = build_model(ModelConfig.model_validate(model), vocab_size, SEED)
     net.train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True)
     accumulation = GLOBAL_BATCH // MICRO_BATCH
     per_step = []
     for first in range(0, len(rows) - GLOBAL_BATCH + 1, GLOBAL_BATCH):
@@ -209,8 +223,10 @@ def start_ray() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="only the 1M model, 6 steps: a smoke check")
+    parser.add_argument("--sizes", nargs="+", choices=list(STEPS), default=list(STEPS),
+                        help="model sizes to measure (RESULT uses the largest given); default: all")
     args = parser.parse_args()
-    steps = QUICK_STEPS if args.quick else STEPS
+    steps = QUICK_STEPS if args.quick else {size: STEPS[size] for size in STEPS if size in args.sizes}
     started, load = time.perf_counter(), os.getloadavg()
     start_ray()
     data_dir = prepare_data()

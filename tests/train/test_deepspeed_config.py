@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.train.batches import model_inputs, pretrain_batch
-from lmforge.train.deepspeed_config import deepspeed_config, patch_deepspeed_for_cpu
+from lmforge.train.deepspeed_config import deepspeed_config, fused_adamw, patch_deepspeed_for_cpu
 from lmforge.train.model import TINY_CONFIGS, build_model
 
 
@@ -136,6 +136,24 @@ def single_process_group(tmp_path_factory):
             dist.destroy_process_group()
 
 
+def test_torch_adamw_is_built_fused_and_leaves_the_config():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    ds = deepspeed_config(_cfg(optim={"weight_decay": 0.1}), on_gpu=False, total_steps=10)
+    optimizer, rest = fused_adamw(ds, params)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    assert (optimizer.defaults["lr"], optimizer.defaults["betas"], optimizer.defaults["weight_decay"]) == (
+        3e-4, (0.9, 0.95), 0.1)
+    assert "optimizer" not in rest and "optimizer" in ds and rest["scheduler"] == ds["scheduler"]
+
+
+@pytest.mark.parametrize("zero", [{"offload_optimizer": True},  # DeepSpeedCPUAdam
+                                  {"extra": {"optimizer": {"params": {"foreach": True}}}},
+                                  {"extra": {"optimizer": {"type": "Lamb"}}}])
+def test_deepspeed_builds_the_optimizer_when_it_is_not_plain_torch_adamw(zero):
+    ds = deepspeed_config(_cfg(zero=zero), on_gpu=False, total_steps=10)
+    assert fused_adamw(ds, [torch.nn.Parameter(torch.zeros(3))]) == (None, ds)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_zero3_engine_trains_a_tiny_llama_on_cpu_and_saves_the_model(precision, single_process_group, tmp_path):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -148,8 +166,9 @@ def test_zero3_engine_trains_a_tiny_llama_on_cpu_and_saves_the_model(precision, 
                global_batch_size=2, micro_batch_size=2, optim={"lr": 1e-2}, zero={"precision": precision})
     model = build_model(ModelConfig(architecture="llama", config=TINY_CONFIGS["llama"]), 128, seed=0)
     names = set(model.state_dict())
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                      config=deepspeed_config(cfg, on_gpu=False, total_steps=3))
+    optimizer, ds = fused_adamw(deepspeed_config(cfg, on_gpu=False, total_steps=3), list(model.parameters()))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+    assert engine.basic_optimizer is optimizer and optimizer.defaults["fused"]
     ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0)).numpy()
     inputs = model_inputs("llama", pretrain_batch(ids, [[10, 22], [32]]), [[10, 22], [32]])
     losses = []

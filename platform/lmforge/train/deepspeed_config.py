@@ -62,6 +62,23 @@ def _optimizer(optim: OptimConfig, zero: ZeroConfig) -> dict[str, Any]:
     return {"type": "AdamW", "params": params}
 
 
+def fused_adamw(config: dict[str, Any], parameters) -> tuple[Any, dict[str, Any]]:
+    """(torch's fused AdamW, `config` without "optimizer") when `config` asks for torch's AdamW; else (None, config).
+
+    DeepSpeed builds torch.optim.AdamW with foreach at most; the fused kernel is ~10x faster on CPU (a
+    23M-parameter ZeRO partition steps in 0.011 s instead of 0.117 s) and on GPU faster still. DeepSpeed
+    takes it as a client optimizer (ZeRO partitions its parameter groups as it does its own).
+    """
+    import torch
+
+    section = config.get("optimizer", {})
+    params = dict(section.get("params", {}))
+    if section.get("type") != "AdamW" or not params.pop("torch_adam", False) or "foreach" in params:
+        return None, config  # DeepSpeedCPUAdam (offload), another optimizer, or an explicit foreach choice
+    params["betas"] = tuple(params.get("betas", (0.9, 0.999)))
+    return torch.optim.AdamW(parameters, fused=True, **params), {k: v for k, v in config.items() if k != "optimizer"}
+
+
 def _scheduler(optim: OptimConfig, total_steps: int) -> dict[str, Any]:
     """Linear warmup from lr * min_lr_ratio to lr, then cosine / linear decay to lr * min_lr_ratio, or constant.
 

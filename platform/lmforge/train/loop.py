@@ -33,7 +33,7 @@ from lmforge.train.checkpoint import (
     universal_tag,
 )
 from lmforge.train.data import TrainData, train_split
-from lmforge.train.deepspeed_config import deepspeed_config, patch_deepspeed_for_cpu
+from lmforge.train.deepspeed_config import deepspeed_config, fused_adamw, patch_deepspeed_for_cpu
 from lmforge.train.metrics import MetricsLog, model_flops_utilisation
 from lmforge.train.model import apply_lora, build_model
 
@@ -156,7 +156,8 @@ def build_engine(cfg: TrainConfig, data: TrainData, ds_config: dict):
             torch.manual_seed(cfg.seed)  # the adapters start alike on every run, as the base weights do
             model = apply_lora(model, cfg.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+    optimizer, ds_config = fused_adamw(ds_config, trainable)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, optimizer=optimizer, config=ds_config)
     engine.hf_deepspeed_config = hf_deepspeed_config
     return engine
 
