@@ -86,13 +86,13 @@ class TokenizerTrainConfig(StrictModel):
     sources: list[SourceConfig] = Field(description="Corpora to learn the vocabulary from.")
     output_dir: str = Field(description="Directory to save the tokenizer to.")
     vocab_size: int = Field(8000, ge=300, description="Vocabulary size including special tokens.")
-    min_frequency: int = Field(2, ge=1)
-    bos_token: str = "<s>"
-    eos_token: str = "</s>"
-    pad_token: str = "<pad>"
-    unk_token: str = "<unk>"
+    min_frequency: int = Field(2, ge=1, description="A merge must occur this often to enter the vocabulary.")
+    bos_token: str = Field("<s>", description="Beginning-of-sequence special token.")
+    eos_token: str = Field("</s>", description="End-of-sequence token: ends documents and assistant turns.")
+    pad_token: str = Field("<pad>", description="Padding special token.")
+    unk_token: str = Field("<unk>", description="Unknown-token special token.")
     chat_template: str | None = Field(None, description="Jinja chat template; default: the classic User/Assistant one.")
-    model_max_length: int = Field(4096, ge=16)
+    model_max_length: int = Field(4096, ge=16, description="The tokenizer's model_max_length (saved with it).")
     max_documents: int | None = Field(None, ge=1, description="Learn from at most this many documents.")
 
 

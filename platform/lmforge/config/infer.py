@@ -49,7 +49,7 @@ class SamplingConfig(StrictModel):
 
     max_tokens: int = Field(128, ge=1, description="Most tokens generated per answer (finish_reason 'length').")
     temperature: float = Field(0.0, ge=0, description="0: greedy.")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
     repetition_penalty: float = Field(1.0, gt=0, description="vLLM's penalty on repeated tokens (1: none).")
     seed: int | None = Field(0, description="Sampling seed per request (same seed, same output when sampling).")
 
@@ -162,8 +162,10 @@ class MultipleChoiceTaskConfig(StrictModel):
     dev_path: str | None = Field(None, description="Few-shot examples (same columns); none: zero-shot.")
     shots: int = Field(5, ge=0, description="Few-shot examples from dev_path (fewer when a prompt would not fit).")
     subject: str = Field("医学", description="Fills {subject} in the header.")
-    header: str = Field("以下是关于{subject}的单项选择题,请直接给出正确答案的选项。\n\n")
-    question_template: str = Field("题目:{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n答案:")
+    header: str = Field("以下是关于{subject}的单项选择题,请直接给出正确答案的选项。\n\n",
+                        description="Text before the few-shot examples and the question.")
+    question_template: str = Field("题目:{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n答案:",
+                                   description="One question with its options; {question} and the option letters are filled in.")
     continuation: str = Field("{letter}", description="What is scored per option: '{letter}' or '{text}', ...")
     chat: bool = Field(False, description="Wrap the prompt in the model's chat template (for chat models).")
     generate_max_tokens: int = Field(8, ge=1, description="Tokens generated for the letter-by-generation score.")

@@ -35,13 +35,14 @@ class TrainDataConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate (after warmup).")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a share of lr (cosine / linear).")
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warmup: cosine or linear to lr * min_lr_ratio, or constant.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from lr * min_lr_ratio to lr (0: none).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
 
 
@@ -56,10 +57,10 @@ class ZeroConfig(StrictModel):
 
 
 class LoraConfig(StrictModel):
-    enabled: bool = False
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of every weight.")
+    r: int = Field(8, ge=1, description="Adapter rank.")
+    alpha: int = Field(16, ge=1, description="Adapter scale numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Module names to adapt (Bloom: query_key_value, dense).",
@@ -96,8 +97,8 @@ class TrainConfig(StrictModel):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     num_workers: int = Field(2, ge=1, description="Training workers (one per GPU on a cluster).")
-    use_gpu: bool = Field(False)
-    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = Field(False, description="One GPU per worker and NCCL; false: CPU workers and gloo.")
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves per worker (Ray sets its OMP_NUM_THREADS to this).")
     global_batch_size: int = Field(8, ge=1, description="Rows per optimizer step across all workers.")
     micro_batch_size: int = Field(1, ge=1, description="Rows per worker per forward pass.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -108,8 +109,8 @@ class TrainConfig(StrictModel):
     peak_tflops_per_worker: float | None = Field(
         None, gt=0, description="Hardware peak (e.g. 312 for an A100 in bf16), for the MFU metric."
     )
-    seed: int = Field(0)
-    log_every: int = Field(1, ge=1)
+    seed: int = Field(0, description="Seeds model init, LoRA init and the data order of every epoch.")
+    log_every: int = Field(1, ge=1, description="Write metrics (loss, lr, tokens/s, ...) every N steps.")
     eval_every: int = Field(0, ge=0, description="Eval loss every N steps (0: only at the end).")
     max_failures: int = Field(2, ge=0, description="Worker failures tolerated (restart from the last checkpoint).")
     collective_timeout_s: int = Field(1800, ge=10, description="A hung worker is detected after this long.")
