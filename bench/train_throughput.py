@@ -26,9 +26,9 @@ batch to the end of the optimizer step. Steady state: the median over the steps 
 
 Per core = tokens/s / cores used. The overhead is plain per core over ours per core, with both cores
 busy in both: the better of plain at 2 threads and 2 plain processes at once (a data-parallel run with
-no communication at all, the ceiling for ours). A lone 1-thread process runs ~17% faster per core than
-two at once here (measured: 252 vs 208-212 tokens/s at 50M; the cores share caches and memory
-bandwidth), so the table also gives the ratio against it ("alone"). RESULT uses the largest size
+no communication at all, the ceiling for ours). A lone 1-thread process runs 10-17% faster per core
+than two at once here (50M: 242 vs 218 tokens/s in this bench, 252 vs 208-212 in a profile; the cores
+share caches and memory bandwidth), so the table also gives the ratio against it ("alone"). RESULT uses the largest size
 (compute dominates there; the small sizes show the fixed costs: gloo, ZeRO gathers, Ray Data).
 
     make bench                                              # .venv/bin/python bench/train_throughput.py
