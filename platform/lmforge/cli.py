@@ -75,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"{stage.summary}\n\nSettings (YAML keys; override with key=value):\n"
             + "\n".join(describe_fields(stage.config)),
         )
-        sub.add_argument("config", help="YAML config file")
-        sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. pack.block_size=2048")
+        _add_config_arguments(sub, "YAML config file", "pack.block_size=2048")
         sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     _add_generate(stages)
     _add_plan(stages)
@@ -96,6 +95,12 @@ def _add_generate(stages) -> None:
     sub.add_argument("--max-new-tokens", type=int, default=256)
 
 
+def _add_config_arguments(sub, config_help: str, override_example: str) -> None:
+    """CONFIG [key=value ...], as every config-taking command reads them (load_config)."""
+    sub.add_argument("config", help=config_help)
+    sub.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {override_example}")
+
+
 def _add_plan(stages) -> None:
     """`lmforge plan CONFIG [key=value ...]`: a pretrain/sft config, checked for memory instead of run."""
     sub = stages.add_parser("plan", help="GPU and CPU memory per worker of a pretrain/sft config, and whether it fits.",
@@ -103,8 +108,7 @@ def _add_plan(stages) -> None:
                             "ZeRO-3 with and without offload (formulas: lmforge/train/plan.py), against "
                             "plan.gpu_memory_gib / plan.cpu_memory_gib. Exit 0: it fits; 1: it does not; 2: it cannot be "
                             "planned.")
-    sub.add_argument("config", help="YAML config of lmforge pretrain or sft")
-    sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. micro_batch_size=2")
+    _add_config_arguments(sub, "YAML config of lmforge pretrain or sft", "micro_batch_size=2")
 
 
 def _add_submit(stages) -> None:
@@ -115,8 +119,7 @@ def _add_submit(stages) -> None:
                             "RAY_ADDRESS), with metadata stage, config_sha256, config_path, run_name/output_dir; "
                             "then print its logs until it ends. Exit 0 only when the job SUCCEEDED.")
     sub.add_argument("job_stage", choices=list(STAGES), metavar="STAGE", help=", ".join(STAGES))
-    sub.add_argument("config", help="YAML config of the stage (anywhere: the resolved config is uploaded)")
-    sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. max_steps=100")
+    _add_config_arguments(sub, "YAML config of the stage (anywhere: the resolved config is uploaded)", "max_steps=100")
     sub.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
     sub.add_argument("--no-wait", action="store_true", help="return once submitted; do not follow the logs")
     sub.add_argument("--entrypoint-num-cpus", type=float, default=0,

@@ -133,7 +133,7 @@ def run_step(step: PlannedStage, position: str) -> StageRun:
 
     out = output_dir(step.config)
     current = fingerprint(step.name, step.config) if out else None
-    reason = why_stale(out, current) if out else "always runs"
+    reason = why_stale(out, current)
     if reason is None:
         print(f"lmforge pipeline {position} {step.name}: up to date, skipped ({_short(out)})", flush=True)
         return StageRun(step.name, "skipped", "up to date", 0.0, _short(out))

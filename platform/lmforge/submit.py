@@ -61,7 +61,7 @@ def job_metadata(stage: str, cfg: BaseModel, config_path: str, overrides: list[s
         metadata["overrides"] = shlex.join(overrides)
     if getattr(cfg, "run_name", None):
         metadata["run_name"] = cfg.run_name
-    output = None if isinstance(cfg, PipelineConfig) else stage_output(cfg).directory(cfg)
+    output = stage_output(cfg).directory(cfg)  # None for a pipeline: its stages have the outputs
     if output:
         metadata["output_dir"] = str(output)
     if isinstance(cfg, PipelineConfig):
