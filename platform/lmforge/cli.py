@@ -180,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         manifest = stage.function()(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, MemoryError) as exc:
-        print(f"lmforge {args.stage}: {exc}", file=sys.stderr)
+    except Exception as exc:  # a user error gets one line; anything else (a bug) keeps its traceback
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        print(f"lmforge {args.stage}: {message}", file=sys.stderr)
         return 1
     print(f"\nlmforge {args.stage}: done")
     for key, value in manifest.outputs.items():
@@ -190,6 +193,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key}: {text if len(text) <= 160 else text[:100] + ' ... (manifest.json has it whole)'}")
     print(f"  counts: {json.dumps(manifest.counts.get('total', manifest.counts), ensure_ascii=False)}")
     return 0
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The message of a bad input or config, unwrapped from Ray's task errors; None for anything else (a bug)."""
+    from ray.exceptions import RayError, RayTaskError
+
+    while isinstance(exc, RayError):  # a task's error arrives wrapped, its traceback in the message
+        inner = exc.cause if isinstance(exc, RayTaskError) else exc.__cause__
+        if not isinstance(inner, BaseException):
+            return None
+        exc = inner
+    return str(exc) if isinstance(exc, _USER_ERRORS) else None
+
+
+_USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, MemoryError)
 
 
 def run_job(stage: str) -> None:

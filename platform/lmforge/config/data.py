@@ -39,7 +39,11 @@ class FilesConfig(StrictModel):
 class BaseSourceConfig(FilesConfig):
     """An input source of a data stage: its files and its mixture weight."""
 
-    weight: float = Field(1.0, gt=0, description="Relative share of this source in the output tokens.")
+    weight: float | None = Field(
+        None, gt=0,
+        description="Relative share of the output tokens for the weighted sources; unset: every kept document "
+        "appears once (its natural share).",
+    )
 
 
 def check_source_names(sources: list[BaseSourceConfig]) -> None:
@@ -125,6 +129,17 @@ class DedupConfig(StrictModel):
     ngram: int = Field(5, ge=1, description="Character n-gram length (characters, so Chinese works).")
     num_perm: int = Field(128, ge=16, description="MinHash permutations.")
     sample_clusters: int = Field(20, ge=0, description="Duplicate clusters written out for a human to inspect.")
+
+
+class SFTDedupConfig(DedupConfig):
+    key: Literal["prompt", "first_turn", "conversation"] = Field(
+        "prompt",
+        description="What two samples must share to be duplicates: prompt (system + tools + every user turn), "
+        "first_turn (the first user turn only), conversation (every turn, answers too).",
+    )
+    drop_prefixes: bool = Field(
+        True, description="Drop a conversation whose turns are the start of a longer one (cumulative history)."
+    )
 
 
 class MixConfig(StrictModel):
@@ -214,7 +229,7 @@ class SFTDataConfig(StrictModel):
     workers: int = Field(2, ge=1, description="Parallel Ray workers for each step.")
     seed: int = Field(0, description="Seeds MinHash and mixture sampling: same seed, same output.")
     read: ReadConfig = Field(default_factory=ReadConfig)
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    dedup: SFTDedupConfig = Field(default_factory=SFTDedupConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
     pack: SFTPackConfig = Field(default_factory=SFTPackConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -1,12 +1,12 @@
 """What every data stage reports: per-source counts that reconcile, quarantine, duplicate samples.
 
-Per source: read = kept + filtered + exact duplicates + near duplicates + quarantined.
+Per source: read = kept + filtered + exact duplicates + near duplicates + prefix duplicates + quarantined
+(prefix duplicates: SFT conversations that a longer one continues).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +21,6 @@ from lmforge.data.dedup_dataset import DuplicateReport
 from lmforge.data.sources import LINE_BITS, SourceFile
 
 EXCERPT = 300
-
-
-def reset_output_dir(path: str, shard_glob: str) -> Path:
-    """Create the directory; remove a previous run's outputs so no stale shard is ever read."""
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    for pattern in (shard_glob, "manifest.json", "quarantine.jsonl", "dedup_clusters.jsonl"):
-        for old in out.glob(pattern):
-            old.unlink() if old.is_file() else shutil.rmtree(old)
-    return out
 
 
 def write_quarantine(docs: ray.data.Dataset, files: list[SourceFile], surveys: list, path: Path) -> int:
@@ -82,7 +72,8 @@ def reconcile_counts(
     output: dict[str, dict[str, int]],
 ) -> dict:
     """Per-source counts after every step; raises if read != kept + filtered + duplicates + quarantined."""
-    weight_sum = sum(s.weight for s in sources)
+    requested = {s.name: kept.get(s.name, {}).get("tokens", 0) * factors.get(s.name, 0.0) for s in sources}
+    requested_total = sum(requested.values()) or 1
     output_tokens = sum(v["tokens"] for v in output.values()) or 1
     per_source = {}
     for source in sources:
@@ -95,21 +86,23 @@ def reconcile_counts(
             "filtered": filtered,
             "exact_duplicates": removed_counts.get(name, {}).get("exact_duplicates", 0),
             "near_duplicates": removed_counts.get(name, {}).get("near_duplicates", 0),
+            "prefix_duplicates": removed_counts.get(name, {}).get("prefix_duplicates", 0),
             "kept_documents": kept.get(name, {}).get("documents", 0),
             "kept_tokens": kept.get(name, {}).get("tokens", 0),
             "mix_factor": round(factors.get(name, 0.0), 6),
             "output_documents": output.get(name, {}).get("documents", 0),
             "output_tokens": output.get(name, {}).get("tokens", 0),
-            "requested_share": round(source.weight / weight_sum, 6),
+            "requested_share": round(requested[name] / requested_total, 6),
             "achieved_share": round(output.get(name, {}).get("tokens", 0) / output_tokens, 6),
         }
         accounted = (row["kept_documents"] + sum(filtered.values()) + row["exact_duplicates"]
-                     + row["near_duplicates"] + row["quarantined"])
+                     + row["near_duplicates"] + row["prefix_duplicates"] + row["quarantined"])
         if accounted != row["read"]:
             raise RuntimeError(f"source {name}: counts do not reconcile: read {row['read']} != {accounted} ({row})")
         per_source[name] = row
     total = {key: sum(r[key] for r in per_source.values())
-             for key in ("read", "quarantined", "exact_duplicates", "near_duplicates", "kept_documents",
+             for key in ("read", "quarantined", "exact_duplicates", "near_duplicates", "prefix_duplicates",
+                         "kept_documents",
                          "kept_tokens", "output_documents", "output_tokens")}
     total["filtered"] = sum(sum(r["filtered"].values()) for r in per_source.values())
     return {"sources": per_source, "total": total}
@@ -145,9 +138,13 @@ def status_counts(docs: ray.data.Dataset, surveys: list, source_of_file: list[st
 
 def removed_by_source(duplicates: DuplicateReport, source_of_file: list[str]) -> dict[str, dict[str, int]]:
     names = np.asarray(source_of_file, dtype=object)
-    exact = np.isin(duplicates.removed, duplicates.exact_removed)
+    removed = duplicates.removed
+    prefix = np.isin(removed, duplicates.prefix_removed)
+    exact = ~prefix & np.isin(removed, duplicates.exact_removed)
+    near = ~prefix & ~exact
     counts: dict[str, dict[str, int]] = {}
-    for kind, keys in (("exact_duplicates", duplicates.removed[exact]), ("near_duplicates", duplicates.removed[~exact])):
+    for kind, keys in (("exact_duplicates", removed[exact]), ("near_duplicates", removed[near]),
+                       ("prefix_duplicates", removed[prefix])):
         sources, n = np.unique(names[keys >> LINE_BITS], return_counts=True) if keys.size else ([], [])
         for name, count in zip(sources, n):
             counts.setdefault(name, {})[kind] = int(count)

@@ -35,7 +35,7 @@ class Conversation:
 
     @property
     def first_user_turn(self) -> str:
-        """What instruction dedup compares: the first user turn (after the system prompt)."""
+        """The first user turn (after the system prompt); dedup's `first_turn` key."""
         return next((t.content for t in self.turns if t.role == "user"), "")
 
     def messages(self) -> list[dict[str, str]]:

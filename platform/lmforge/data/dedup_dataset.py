@@ -8,7 +8,7 @@ Only (bucket, key) integers move between steps, never the texts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -33,10 +33,13 @@ _EXACT_DOMAIN = np.int64(0x5EED_0F_E8AC7)
 class DuplicateReport:
     clusters: DuplicateClusters  # every duplicate, exact or near
     exact_removed: np.ndarray  # sorted keys removed as exact copies (a subset of clusters.removed)
+    # sorted keys of SFT conversations removed because a longer one continues them
+    prefix_removed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def removed(self) -> np.ndarray:
-        return self.clusters.removed
+        """Sorted keys of every removed record."""
+        return np.union1d(self.clusters.removed, self.prefix_removed)
 
 
 def find_duplicates(docs: ray.data.Dataset, cfg: DedupConfig, seed: int, workers: int) -> DuplicateReport:

@@ -1,7 +1,7 @@
 """`lmforge prepare-pretrain`: raw corpora -> cleaned, deduplicated, mixed, packed token blocks.
 
     survey files -> read + clean (a Ray task per file chunk) -> exact + near dedup   (read_sources.py)
-      -> tokenize (actor pool) -> mixture (repeat / sample per source) -> pack -> Parquet shards
+      -> tokenize (tasks) -> mixture (repeat / sample per source) -> pack -> Parquet shards
 
 Outputs in `output_dir`: `blocks-NNNNN.parquet` (block, input_ids, doc_lens), `manifest.json`,
 `quarantine.jsonl` (records that could not be read, with file, line and reason) and
@@ -25,48 +25,49 @@ import ray.data
 from ray.data.expressions import col
 
 from lmforge.config import CleanConfig, PretrainDataConfig
-from lmforge.data.accounting import drop_keys, per_source_totals, reset_output_dir
+from lmforge.data.accounting import drop_keys, per_source_totals
 from lmforge.data.clean import clean_text, rejection_reason
 from lmforge.data.mixing import mixture_factors, repeat_by_mixture
 from lmforge.data.packing import Piece, pack_group, pieces_to_table, stitch_fragments
 from lmforge.data.plots import length_histogram, write_data_plots
 from lmforge.data.read_sources import read_sources
 from lmforge.data.sources import PlannedChunk, list_source_files, read_records
-from lmforge.data.tokenize import DocumentTokenizer, TokenizerSpec
+from lmforge.data.tokenize import TokenizerSpec, tokenize_batch
 from lmforge.manifest import Manifest
+from lmforge.output_dir import staged_output_dir
 from lmforge.runtime import init_ray
 
 
 def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
     files = list_source_files(cfg.sources)  # path and tokenizer errors stop us before any work
     tokenizer = TokenizerSpec.from_directory(cfg.tokenizer, add_bos=cfg.pack.add_bos)
-    out = reset_output_dir(cfg.output_dir, "blocks-*.parquet")
-    init_ray(cfg.ray)
+    with staged_output_dir(cfg.output_dir) as out:
+        init_ray(cfg.ray)
+        records = read_sources(files, cfg, partial(read_clean_records, clean=cfg.clean))
+        tokenized = tokenize_documents(records.kept, records.duplicates.removed, tokenizer, cfg).materialize()
 
-    records = read_sources(files, cfg, partial(read_clean_records, clean=cfg.clean))
-    tokenized = tokenize_documents(records.kept, records.duplicates.removed, tokenizer, cfg).materialize()
+        kept_stats = per_source_totals(tokenized)
+        factors = mixture_factors(
+            {s: int(v["tokens"]) for s, v in kept_stats.items()},
+            {s.name: s.weight for s in cfg.sources},
+            cfg.mix.total_tokens,
+        )
+        mixed = mix_documents(tokenized, factors, cfg.seed, len(records.chunks))
+        counts = records.counts(kept_stats, factors, per_source_totals(mixed))
+        records.check_output_not_empty("prepare-pretrain", counts)
+        packed = pack_documents(mixed, cfg.pack.block_size, cfg.workers)
+        shards = write_shards(packed.blocks, out, cfg.pack.blocks_per_shard)
 
-    kept_stats = per_source_totals(tokenized)
-    factors = mixture_factors(
-        {s: int(v["tokens"]) for s, v in kept_stats.items()},
-        {s.name: s.weight for s in cfg.sources},
-        cfg.mix.total_tokens,
-    )
-    mixed = mix_documents(tokenized, factors, cfg.seed, len(records.chunks))
-    packed = pack_documents(mixed, cfg.pack.block_size, cfg.workers)
-    shards = write_shards(packed.blocks, out, cfg.pack.blocks_per_shard)
-
-    counts = records.counts(kept_stats, factors, per_source_totals(mixed))
-    plots = write_data_plots(out, length_histogram(tokenized), counts["sources"], "document length")
-    return records.write_manifest("prepare-pretrain", out, {
-        "shards": shards,
-        "plots": plots,
-        "columns": {"block": "int64", "input_ids": "list<int32>", "doc_lens": "list<int32>"},
-        "block_size": cfg.pack.block_size,
-        "blocks": packed.num_blocks,
-        "tokens": packed.num_blocks * cfg.pack.block_size,
-        "dropped_remainder_tokens": packed.remainder,
-    }, counts)
+        plots = write_data_plots(out, length_histogram(tokenized), counts["sources"], "document length")
+        return records.write_manifest("prepare-pretrain", out, {
+            "shards": shards,
+            "plots": plots,
+            "columns": {"block": "int64", "input_ids": "list<int32>", "doc_lens": "list<int32>"},
+            "block_size": cfg.pack.block_size,
+            "blocks": packed.num_blocks,
+            "tokens": packed.num_blocks * cfg.pack.block_size,
+            "dropped_remainder_tokens": packed.remainder,
+        }, counts)
 
 
 def read_clean_records(planned: PlannedChunk, clean: CleanConfig) -> Iterator[dict]:
@@ -88,8 +89,8 @@ def tokenize_documents(
         drop_keys, batch_format="pyarrow", fn_kwargs={"removed": removed}
     )
     return survivors.map_batches(
-        DocumentTokenizer,
-        fn_constructor_kwargs={"spec": tokenizer, "threads": cfg.tokenize.threads_per_worker},
+        tokenize_batch,
+        fn_kwargs={"spec": tokenizer, "threads": cfg.tokenize.threads_per_worker},
         batch_size=cfg.tokenize.batch_size,
         batch_format="pyarrow",
         concurrency=cfg.workers,

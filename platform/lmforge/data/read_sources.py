@@ -11,6 +11,7 @@ stage's reports and the manifest's inputs too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,13 @@ from lmforge.data.accounting import (
     write_quarantine,
 )
 from lmforge.data.dedup_dataset import DuplicateReport, find_duplicates
-from lmforge.data.sources import PlannedChunk, SourceFile, plan_chunks, survey_source_file
+from lmforge.data.mixing import mixture_warnings
+from lmforge.data.sources import LINE_BITS, PlannedChunk, SourceFile, plan_chunks, survey_source_file
 from lmforge.data.survey import FileSurvey
 from lmforge.data.tokenizer import tokenizer_identity
 from lmforge.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 RECORD_SCHEMA = pa.schema([
     ("key", pa.int64()), ("chunk", pa.int64()), ("source", pa.string()), ("line", pa.int64()),
@@ -43,6 +47,10 @@ DEDUP_CLUSTERS = "dedup_clusters.jsonl"
 
 StageConfig = PretrainDataConfig | SFTDataConfig
 RowsOfChunk = Callable[[PlannedChunk], Iterable[dict]]
+
+
+class EmptyOutput(ValueError):
+    """Nothing is left to write; the message gives each source's counts, which say why."""
 
 
 @dataclass
@@ -71,18 +79,42 @@ class SourceRecords:
             for status, count in filtered.items():
                 statuses[name]["ok"] -= count
                 statuses[name][status] = count
-        return reconcile_counts(self.cfg.sources, statuses, removed_by_source(self.duplicates, source_of_file),
-                                kept, factors, output)
+        counts = reconcile_counts(self.cfg.sources, statuses, removed_by_source(self.duplicates, source_of_file),
+                                  kept, factors, output)
+        counts["warnings"] = mixture_warnings(factors)
+        for warning in counts["warnings"]:
+            log.warning("mixture: %s", warning)
+        return counts
+
+    def check_output_not_empty(self, stage: str, counts: dict) -> None:
+        """EmptyOutput, with each source's counts and the first quarantine reasons, if nothing is left to write."""
+        if counts["total"]["output_documents"]:
+            return
+        lines = [f"{stage}: the output would be empty; per source:"]
+        for name, row in counts["sources"].items():
+            filtered = ", ".join(f"{why} {n}" for why, n in row["filtered"].items()) or "0"
+            lines.append(
+                f"  {name}: read {row['read']}, quarantined {row['quarantined']}, filtered {filtered}, duplicates "
+                f"{row['exact_duplicates']} exact + {row['near_duplicates']} near + {row['prefix_duplicates']} "
+                f"prefix, kept {row['kept_documents']}, mixture factor {row['mix_factor']}, output "
+                f"{row['output_documents']}"
+            )
+        bad = self.docs.filter(expr=col("status") == "quarantined").take(3)
+        lines += [f"  quarantined: {self.files[row['key'] >> LINE_BITS].path} line {row['line']}: {row['reason']}"
+                  for row in bad]
+        raise EmptyOutput("\n".join(lines))
 
     def write_manifest(self, stage: str, out: Path, outputs: dict, counts: dict) -> Manifest:
-        """quarantine.jsonl, dedup_clusters.jsonl and manifest.json (inputs, the stage's `outputs`, counts)."""
+        """quarantine.jsonl, dedup_clusters.jsonl and manifest.json (inputs, the stage's `outputs`, counts).
+
+        `out` is the stage's work directory (lmforge.output_dir); the manifest names the final output_dir."""
         write_quarantine(self.docs, self.files, self.surveys, out / QUARANTINE)
         write_duplicate_sample(self.docs, self.duplicates.clusters, self.files, out / DEDUP_CLUSTERS)
         manifest = Manifest(
             stage=stage,
             config=self.cfg.model_dump(),
             inputs=[_input_record(f, s) for f, s in zip(self.files, self.surveys)],
-            outputs={"dir": str(out.resolve()), **outputs, "tokenizer": tokenizer_identity(self.cfg.tokenizer),
+            outputs={"dir": str(Path(self.cfg.output_dir).resolve()), **outputs, "tokenizer": tokenizer_identity(self.cfg.tokenizer),
                      "quarantine": QUARANTINE, "dedup_clusters": DEDUP_CLUSTERS},
             counts=counts,
         )

@@ -1,8 +1,9 @@
 """`lmforge prepare-sft`: SFT datasets in any common schema -> label-masked, packed training rows.
 
     survey files, detect each file's record schema -> read into conversations (a task per chunk)
-      -> dedup instructions (exact + near, on the first user turn)                  (read_sources.py)
-      -> render + label (actor pool)
+      -> dedup (exact + near, on dedup.key: the prompt by default)                  (read_sources.py)
+      -> drop conversations that a longer one continues                              (sft_dedup.py)
+      -> render + label (tasks)
       -> mixture (repeat / sample per dataset) -> pack (best-fit decreasing, per group)
       -> rows-NNNNN.parquet + manifest.json + quarantine.jsonl + dedup_clusters.jsonl
 
@@ -14,7 +15,7 @@ convert and serving use the very same ones.
 from __future__ import annotations
 
 import hashlib
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ import ray.data
 from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
-from lmforge.config import SFTDataConfig
-from lmforge.data.accounting import drop_keys, reset_output_dir
+from lmforge.config import ConfigError, SFTDataConfig
+from lmforge.data.accounting import drop_keys
 from lmforge.data.chat_render import IGNORE_INDEX, ChatRenderer, NothingToTrain, RenderedSample, SampleTooLong
 from lmforge.data.conversation import Conversation
 from lmforge.data.hashing import splitmix64
@@ -35,11 +36,14 @@ from lmforge.data.mixing import mixture_factors, repeat_by_mixture
 from lmforge.data.plots import length_histogram, write_data_plots
 from lmforge.data.read_sources import read_sources
 from lmforge.data.readers import read_chunk
-from lmforge.data.sft_formats import detect_file_record_format, to_conversation
+from lmforge.data.sft_dedup import dedup_texts, find_prefix_conversations
+from lmforge.data.sft_formats import detect_file_record_format, detect_record_format, to_conversation
 from lmforge.data.sft_packing import pack_samples
 from lmforge.data.sources import SourceFile, list_source_files, read_records
+from lmforge.data.templates import RecordError
 from lmforge.data.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
+from lmforge.output_dir import staged_output_dir
 from lmforge.runtime import init_ray
 
 # The row of a conversation dropped after rendering (too long, or nothing to train): no tokens.
@@ -49,77 +53,111 @@ _NO_SAMPLE = RenderedSample(np.zeros(0, np.int32), np.zeros(0, np.int32), turns_
 def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
     files = list_source_files(cfg.sources)  # path, tokenizer and template errors stop us before any work
     renderer = ChatRenderer(load_fast_tokenizer(cfg.tokenizer), cfg.template, cfg.max_length)
-    out = reset_output_dir(cfg.output_dir, "rows-*.parquet")
-    init_ray(cfg.ray)
+    with staged_output_dir(cfg.output_dir) as out:
+        init_ray(cfg.ray)
+        records = read_sources(files, cfg, partial(read_records, convert=_conversation_json),
+                               resolve_files=resolve_record_formats,
+                               dedup_text=partial(dedup_texts, key=cfg.dedup.key))
+        if cfg.dedup.drop_prefixes:
+            survivors = records.kept.map_batches(drop_keys, batch_format="pyarrow",
+                                                 fn_kwargs={"removed": records.duplicates.removed})
+            records.duplicates.prefix_removed = find_prefix_conversations(survivors)
+        samples = render_samples(records.kept, records.duplicates.removed, cfg).materialize()
+        rendered = samples.filter(expr=col("status") == "ok")
 
-    records = read_sources(files, cfg, partial(read_records, convert=_conversation_json),
-                           resolve_files=resolve_record_formats, dedup_text=_first_user_turns)
-    samples = render_samples(records.kept, records.duplicates.removed, cfg).materialize()
-    rendered = samples.filter(expr=col("status") == "ok")
+        sample_stats = _sample_stats(samples)
+        factors = mixture_factors(
+            {name: s["tokens"] for name, s in sample_stats.items()}, {s.name: s.weight for s in cfg.sources},
+            cfg.mix.total_tokens,
+        )
+        mixed = repeat_by_mixture(rendered, factors, cfg.seed)
+        counts = records.counts(
+            {name: {"documents": s["samples"], "tokens": s["tokens"]} for name, s in sample_stats.items()},
+            factors, _output_stats(mixed),
+            filtered_later={name: s["filtered"] for name, s in sample_stats.items()},  # too long, nothing to train
+        )
+        for name, row in counts["sources"].items():
+            row["truncated"] = sample_stats.get(name, {}).get("truncated", 0)
+            row["trained_tokens"] = sample_stats.get(name, {}).get("trained_tokens", 0)
+        records.check_output_not_empty("prepare-sft", counts)
+        shards = pack_and_write(mixed, cfg, out)
 
-    sample_stats = _sample_stats(samples)
-    factors = mixture_factors(
-        {name: s["tokens"] for name, s in sample_stats.items()}, {s.name: s.weight for s in cfg.sources},
-        cfg.mix.total_tokens,
-    )
-    mixed = repeat_by_mixture(rendered, factors, cfg.seed)
-    shards = pack_and_write(mixed, cfg, out)
-
-    counts = records.counts(
-        {name: {"documents": s["samples"], "tokens": s["tokens"]} for name, s in sample_stats.items()},
-        factors, _output_stats(mixed),
-        filtered_later={name: s["filtered"] for name, s in sample_stats.items()},  # too long, nothing to train
-    )
-    for name, row in counts["sources"].items():
-        row["truncated"] = sample_stats.get(name, {}).get("truncated", 0)
-        row["trained_tokens"] = sample_stats.get(name, {}).get("trained_tokens", 0)
-
-    totals = {key: sum(s[key] for s in shards) for key in ("rows", "samples", "tokens", "trained_tokens")}
-    plots = write_data_plots(out, length_histogram(rendered), counts["sources"], "sample length")
-    return records.write_manifest("prepare-sft", out, {
-        "shards": shards,
-        "plots": plots,
-        "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
-                    "boundaries": "list<int32>", "keys": "list<int64>", "row": "int64"},
-        "max_length": cfg.max_length,
-        "pack_mode": cfg.pack.mode,
-        "template": cfg.template,
-        "chat_template": renderer.chat_template,
-        "eos_token_id": renderer.eos_token_id,
-        **totals,
-        "utilisation": round(totals["tokens"] / max(totals["rows"] * cfg.max_length, 1), 6),
-        "trained_token_share": round(totals["trained_tokens"] / max(totals["tokens"], 1), 6),
-    }, counts)
+        totals = {key: sum(s[key] for s in shards) for key in ("rows", "samples", "tokens", "trained_tokens")}
+        plots = write_data_plots(out, length_histogram(rendered), counts["sources"], "sample length")
+        return records.write_manifest("prepare-sft", out, {
+            "shards": shards,
+            "plots": plots,
+            "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
+                        "boundaries": "list<int32>", "keys": "list<int64>", "row": "int64"},
+            "max_length": cfg.max_length,
+            "pack_mode": cfg.pack.mode,
+            "template": cfg.template,
+            "chat_template": renderer.chat_template,
+            "eos_token_id": renderer.eos_token_id,
+            "dedup_key": cfg.dedup.key,
+            **totals,
+            "utilisation": round(totals["tokens"] / max(totals["rows"] * cfg.max_length, 1), 6),
+            "trained_token_share": round(totals["trained_tokens"] / max(totals["tokens"], 1), 6),
+        }, counts)
 
 
 def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[SourceFile]:
-    """Each file's record schema (from the config, or detected from its first readable record)."""
-    detect = ray.remote(num_cpus=1)(_detect_file_format)
-    formats = ray.get([
-        detect.remote(f, s) if f.source.record_format == "auto" and not isinstance(s, str)
-        else f.source.record_format
-        for f, s in zip(files, surveys)
-    ])
-    return [SourceFile(f.file_index, f.source.model_copy(update={"record_format": fmt}), f.path)
-            for f, fmt in zip(files, formats)]
+    """Each file's record schema: detected from its first readable record, or the config's, checked against it.
+
+    ConfigError (naming the source, file, line and field) when no schema fits or the configured one does not.
+    """
+    check = ray.remote(num_cpus=1)(_file_record_format)
+    pending = {i: check.remote(f, s) for i, (f, s) in enumerate(zip(files, surveys)) if not isinstance(s, str)}
+    # Failures come back as values: a raised error would reach the user as a Ray task traceback.
+    found = dict(zip(pending, ray.get(list(pending.values()))))
+    errors = [error for _, error in found.values() if error]
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return [SourceFile(f.file_index, f.source.model_copy(update={"record_format": found[i][0]}), f.path)
+            if i in found else f for i, f in enumerate(files)]
 
 
-def _detect_file_format(file: SourceFile, survey) -> str:
-    first = next((r.fields for chunk in survey.chunks for r in read_chunk(chunk) if r.fields is not None), None)
-    return detect_file_record_format(file.path, first)
+def _file_record_format(file: SourceFile, survey) -> tuple[str, str | None]:
+    """(record format, None), or (the configured format, why it does not fit the file's first record)."""
+    source = file.source
+    where = f"sources.{source.name}"
+    first = next((r for chunk in survey.chunks for r in read_chunk(chunk) if r.fields is not None), None)
+    if source.record_format == "auto":
+        try:
+            return detect_file_record_format(file.path, first.fields if first else None), None
+        except ValueError as error:
+            return "auto", f"{where}: {error}"
+    if first is None:
+        return source.record_format, None  # nothing readable: every record is quarantined with its reason
+    try:
+        to_conversation(first.fields, source.record_format, source.fields, source.system)
+    except RecordError as error:
+        guess = detect_record_format(first.fields)
+        hint = f" (the record looks like {guess})" if guess and guess != source.record_format else ""
+        return source.record_format, (
+            f"{where}: record_format {source.record_format} does not fit {file.path} line {first.line}: "
+            f"{error}{hint}; fix record_format: or map the names with fields:"
+        )
+    return source.record_format, None
 
 
 def _conversation_json(fields: dict, source) -> str:
     return to_conversation(fields, source.record_format, source.fields, source.system).to_json()
 
 
-def _first_user_turns(batch: pa.Table) -> pa.Table:
-    texts = [Conversation.from_json(t).first_user_turn for t in batch.column("text").to_pylist()]
-    return pa.table({"key": batch.column("key"), "text": pa.array(texts, pa.string())})
+def render_batch(batch: pa.Table, tokenizer_path: str, template: str, max_length: int) -> pa.Table:
+    """Ray Data task body: conversation JSON -> input_ids, labels, status (SampleRenderer, cached per process)."""
+    return _sample_renderer(tokenizer_path, template, max_length)(batch)
+
+
+@lru_cache(maxsize=2)
+def _sample_renderer(tokenizer_path: str, template: str, max_length: int) -> SampleRenderer:
+    # Tasks, not an actor pool (see lmforge.data.tokenize): Ray reuses the process, so this loads once.
+    return SampleRenderer(tokenizer_path, template, max_length)
 
 
 class SampleRenderer:
-    """Ray Data callable class: conversation JSON -> input_ids, labels (template rendered once per actor)."""
+    """Conversation JSON -> input_ids, labels, status for a batch (the template is compiled once)."""
 
     def __init__(self, tokenizer_path: str, template: str, max_length: int):
         self._renderer = ChatRenderer(load_fast_tokenizer(tokenizer_path), template, max_length)
@@ -153,9 +191,8 @@ def render_samples(kept: ray.data.Dataset, removed: np.ndarray, cfg: SFTDataConf
         drop_keys, batch_format="pyarrow", fn_kwargs={"removed": removed}
     )
     return survivors.map_batches(
-        SampleRenderer,
-        fn_constructor_kwargs={"tokenizer_path": cfg.tokenizer, "template": cfg.template,
-                               "max_length": cfg.max_length},
+        render_batch,
+        fn_kwargs={"tokenizer_path": cfg.tokenizer, "template": cfg.template, "max_length": cfg.max_length},
         batch_size=256, batch_format="pyarrow", concurrency=cfg.workers,
     )
 

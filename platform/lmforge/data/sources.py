@@ -15,7 +15,7 @@ from typing import Any
 
 from lmforge.config import ConfigError, SourceConfig
 from lmforge.data.readers import read_chunk
-from lmforge.data.survey import FileChunk, FileSurvey, UnreadableFile, survey_file
+from lmforge.data.survey import FileChunk, FileSurvey, UnreadableFile, infer_format, survey_file
 from lmforge.data.templates import RecordError, render_text
 
 LINE_BITS = 40
@@ -56,6 +56,12 @@ def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
             matches = [m for m in matches if not Path(m).is_dir()]
             if not matches or not Path(matches[0]).exists():
                 raise ConfigError(f"sources.{i}.path: '{pattern}' matches no file (source '{source.name}')")
+            if source.format is None:
+                for match in matches:
+                    try:
+                        infer_format(match)
+                    except ValueError as error:
+                        raise ConfigError(f"sources.{i}.path: {error}") from None
             first = len(files)  # not inside the generator: extend() grows the list while it runs
             files.extend(SourceFile(first + j, source, m) for j, m in enumerate(matches))
     return files

@@ -1,7 +1,12 @@
-"""Tokenize documents in Ray Data actors: the fast tokenizer is loaded once per actor."""
+"""Tokenize documents in Ray Data tasks: the fast tokenizer is built once per worker process.
+
+Tasks, not an actor pool: actors hold their CPUs for the whole stage, and on a small Ray
+(2 CPUs, 2 actors) the tasks that feed them never get a CPU, so the stage waits forever.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +47,22 @@ class TokenizerSpec:
                    tokenizer.bos_token_id if add_bos else None)
 
 
+def tokenize_batch(batch: pa.Table, spec: TokenizerSpec, threads: int = 1) -> pa.Table:
+    """Ray Data task body: `text` -> `input_ids` and `n_tokens` (DocumentTokenizer, cached per process)."""
+    return _document_tokenizer(spec, threads)(batch)
+
+
+@functools.lru_cache(maxsize=2)
+def _document_tokenizer(spec: TokenizerSpec, threads: int) -> DocumentTokenizer:
+    # Ray reuses a worker process for the stage's tasks, so this builds the tokenizer once per process.
+    return DocumentTokenizer(spec, threads)
+
+
 class DocumentTokenizer:
-    """Ray Data callable class: `text` -> `input_ids` (list<int32>, ending in EOS) and `n_tokens`."""
+    """`text` -> `input_ids` (list<int32>, ending in EOS) and `n_tokens`, for a batch of documents."""
 
     def __init__(self, spec: TokenizerSpec, threads: int = 1):
-        # The Rust tokenizer sizes its thread pool from these on first use; one thread per actor
+        # The Rust tokenizer sizes its thread pool from these on first use; one thread per worker
         # lets Ray's worker count decide the parallelism instead of oversubscribing the cores.
         os.environ["RAYON_NUM_THREADS"] = str(threads)
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
