@@ -1,0 +1,223 @@
+"""The data stages on the shapes users' own files have, with the defaults a user gets.
+
+Each fixture is a tiny file of a shape seen in public datasets (written here, not downloaded).
+Stage runs on the session's Ray unless the test is about Ray's size: those run the CLI in a
+subprocess with its own Ray (the machine's CPUs, or 1), under a timeout, so a hang fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmforge.config import ConfigError, SFTDataConfig
+from lmforge.data.read_sources import EmptyOutput
+from lmforge.data.sft import resolve_record_formats, run_prepare_sft
+from lmforge.data.sources import list_source_files, survey_source_file
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE_TIMEOUT_S = 240  # a stage on a few records takes ~20-40 s here; a hang would wait forever
+
+
+def _jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _sft_config(tokenizer: Path, out: Path, sources: list[dict], **extra) -> SFTDataConfig:
+    return SFTDataConfig.model_validate({"tokenizer": str(tokenizer), "output_dir": str(out), "sources": sources,
+                                         "max_length": 256, **extra})
+
+
+def _turns(*texts: str) -> list[dict]:
+    return [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(texts)]
+
+
+# One record of every SFT schema, and a file of it per schema.
+RECORDS = {
+    "alpaca": {"instruction": "感冒了怎么办？", "input": "", "output": "多休息，多喝水。"},
+    "sharegpt": {"conversations": _turns("头痛怎么办？", "注意休息。")},
+    "chatglm3": {"conversations": [{"role": "user", "content": "发热怎么办？"},
+                                   {"role": "assistant", "content": "物理降温。"}]},
+    "openai": {"messages": [{"role": "user", "content": "咳嗽怎么办？"}, {"role": "assistant", "content": "多喝温水。"}]},
+    "advertisegen": {"content": "类型#裤*版型#宽松", "summary": "宽松的裤子穿着舒适。"},
+    "qa": {"问": "失眠怎么办？", "答": "规律作息。"},
+}
+MEDICAL_CSV = "department,title,ask,answer\n内科,高血压,高血压要注意什么？,少盐饮食。\n"
+
+
+@pytest.fixture(scope="module")
+def files_of_every_format(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("formats")
+    files = {name: _jsonl(root / f"{name}.jsonl", [record]) for name, record in RECORDS.items()}
+    files["medical_csv"] = root / "medical.csv"
+    files["medical_csv"].write_text(MEDICAL_CSV, encoding="utf-8")
+    return files
+
+
+def _resolve(files: dict[str, Path], formats: dict[str, str]) -> list[str]:
+    sources = [{"name": name, "path": str(path), "record_format": formats[name]} for name, path in files.items()]
+    cfg = SFTDataConfig.model_validate({"tokenizer": "-", "output_dir": "-", "sources": sources})
+    listed = list_source_files(cfg.sources)
+    resolved = resolve_record_formats(listed, [survey_source_file(f, 1 << 20) for f in listed])
+    return [f.source.record_format for f in resolved]
+
+
+def test_record_format_set_on_every_format_fits_its_file(ray_local, files_of_every_format):
+    assert _resolve(files_of_every_format, {name: name for name in files_of_every_format}) == list(files_of_every_format)
+
+
+def test_auto_detects_every_format(ray_local, files_of_every_format):
+    assert _resolve(files_of_every_format, dict.fromkeys(files_of_every_format, "auto")) == list(files_of_every_format)
+
+
+@pytest.mark.parametrize("forced", sorted(set(RECORDS) | {"medical_csv"}))
+def test_record_format_that_does_not_fit_names_the_file_line_and_field(ray_local, files_of_every_format, forced):
+    other = "alpaca" if forced != "alpaca" else "sharegpt"
+    with pytest.raises(ConfigError) as error:
+        _resolve({other: files_of_every_format[other]}, {other: forced})
+    message = str(error.value)
+    assert f"record_format {forced} does not fit {files_of_every_format[other]} line" in message
+    assert "field" in message and f"looks like {other}" in message
+
+
+def test_prepare_sft_with_record_format_set_runs(ray_local, tiny_tokenizer, files_of_every_format, tmp_path):
+    manifest = run_prepare_sft(_sft_config(tiny_tokenizer, tmp_path / "out", [
+        {"name": "a", "path": str(files_of_every_format["alpaca"]), "record_format": "alpaca"},
+        {"name": "q", "path": str(files_of_every_format["qa"]), "record_format": "qa"},
+    ]))
+    assert manifest.counts["total"]["output_documents"] == 2
+    assert [i["record_format"] for i in manifest.inputs] == ["alpaca", "qa"]
+
+
+def test_without_weights_a_tiny_file_is_not_blown_up(ray_local, tiny_tokenizer, shared_data, tmp_path):
+    tiny = _jsonl(tmp_path / "tiny.jsonl", [{"instruction": f"问题{i}是什么？", "output": f"回答{i}。"} for i in range(3)])
+    manifest = run_prepare_sft(_sft_config(tiny_tokenizer, tmp_path / "out", [
+        {"name": "tiny", "path": str(tiny)},
+        {"name": "alpaca", "path": str(shared_data / "sft" / "alpaca_zh_demo.json")},
+    ], max_length=1024))
+    for row in manifest.counts["sources"].values():
+        assert row["mix_factor"] == 1.0
+        assert row["output_documents"] == row["kept_documents"] > 0
+    assert manifest.counts["warnings"] == []
+
+
+def test_an_output_that_would_be_empty_fails_with_the_counts_and_leaves_no_output_dir(
+    ray_local, tiny_tokenizer, tmp_path
+):
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"conversations": _turns("只有问题")}, {"conversations": "not a list"}])
+    out = tmp_path / "out"
+    with pytest.raises(EmptyOutput) as error:
+        run_prepare_sft(_sft_config(tiny_tokenizer, out, [{"name": "bad", "path": str(bad)}]))
+    message = str(error.value)
+    assert "bad: read 2, quarantined 2" in message and f"{bad} line 1: no assistant turn" in message
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]
+
+
+def test_a_failed_rerun_keeps_the_previous_result(ray_local, tiny_tokenizer, files_of_every_format, tmp_path):
+    out = tmp_path / "out"
+    run_prepare_sft(_sft_config(tiny_tokenizer, out, [{"name": "a", "path": str(files_of_every_format["alpaca"])}]))
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ConfigError):
+        run_prepare_sft(_sft_config(tiny_tokenizer, out, [
+            {"name": "a", "path": str(files_of_every_format["alpaca"]), "record_format": "openai"}]))
+    assert sorted(p.name for p in out.iterdir()) == before and "manifest.json" in before
+
+
+def test_an_output_dir_holding_other_files_is_refused_before_any_work(tiny_tokenizer, files_of_every_format, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not an lmforge output"):
+        run_prepare_sft(_sft_config(tiny_tokenizer, tmp_path, [{"path": str(files_of_every_format["alpaca"])}]))
+
+
+# --- dedup keys -----------------------------------------------------------------------------------
+
+LONG_Q = "我最近三天一直头痛，伴有低烧和乏力，晚上睡不好，白天注意力也不集中，请问可能是什么原因？"
+TOOLS_A = json.dumps([{"name": "search_drug", "description": "查药品说明书"}], ensure_ascii=False)
+TOOLS_B = json.dumps([{"name": "book_doctor", "description": "预约挂号"}], ensure_ascii=False)
+
+
+@pytest.fixture(scope="module")
+def conversations_file(tmp_path_factory) -> Path:
+    second = "另外我还有高血压病史，长期服用氨氯地平，这些症状和降压药有关系吗？需要停药吗？"
+    other_second = "如果要去医院的话，应该挂哪个科室比较合适？需要提前空腹做检查吗？"
+    return _jsonl(tmp_path_factory.mktemp("dialogues") / "dialogues.jsonl", [
+        # lines 1-2: the same opening question, then different second questions: both are real data
+        {"conversations": _turns(LONG_Q, "可能是感冒或者睡眠不足引起的。", second, "氨氯地平一般不会引起发热，不要自行停药。")},
+        {"conversations": _turns(LONG_Q, "可能是感冒或者睡眠不足引起的。", other_second, "建议挂内科，抽血需要空腹。")},
+        # lines 3-5: one dialogue stored once per round (cumulative history): only the longest stays
+        {"conversations": _turns("糖尿病人能吃水果吗？", "可以适量吃低糖水果。")},
+        {"conversations": _turns("糖尿病人能吃水果吗？", "可以适量吃低糖水果。", "哪些水果比较好？", "苹果、柚子、草莓。")},
+        {"conversations": _turns("糖尿病人能吃水果吗？", "可以适量吃低糖水果。", "哪些水果比较好？", "苹果、柚子、草莓。",
+                                 "一天吃多少合适？", "每天两百克左右，分两次吃。")},
+        # lines 6-7: the same question with different tools and answers: both stay
+        {"conversations": _turns("帮我处理一下布洛芬的事情", "好的，我来查说明书。"), "tools": TOOLS_A},
+        {"conversations": _turns("帮我处理一下布洛芬的事情", "好的，我帮你预约医生。"), "tools": TOOLS_B},
+        # line 8: line 1 asked again with another answer: redundant under the default key
+        {"conversations": _turns(LONG_Q, "多喝水。", second, "不要停药。")},
+    ])
+
+
+@pytest.mark.parametrize(("key", "kept", "prefixes"), [
+    ("prompt", 5, 2),  # line 8 (line 1 asked again); lines 3, 4 (continued by line 5)
+    ("first_turn", 3, 0),  # lines 2, 8 (line 1's opening), 4, 5 (line 3's) and 7 (line 6's): the old recipe's loss
+    ("conversation", 6, 2),  # only the prefixes
+])
+def test_dedup_key_decides_what_counts_as_the_same_sample(ray_local, tiny_tokenizer, conversations_file, tmp_path,
+                                                          key, kept, prefixes):
+    manifest = run_prepare_sft(_sft_config(tiny_tokenizer, tmp_path / "out", [{"name": "d", "path": str(conversations_file)}],
+                                           max_length=512, dedup={"key": key}))
+    row = manifest.counts["sources"]["d"]
+    assert manifest.outputs["dedup_key"] == key
+    assert row["read"] == 8 and row["prefix_duplicates"] == prefixes and row["kept_documents"] == kept
+    assert row["read"] == row["kept_documents"] + row["exact_duplicates"] + row["near_duplicates"] + prefixes
+
+
+# --- Ray's size: the defaults a user gets, and one CPU -------------------------------------------------
+
+def _run_stage(stage: str, config: dict, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    path = tmp_path / f"{stage}.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not the session's
+    try:
+        return subprocess.run([sys.executable, "-m", "lmforge.cli", stage, str(path), *overrides], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=STAGE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"{stage} {' '.join(overrides)} did not finish in {STAGE_TIMEOUT_S} s (a hang?): "
+                    f"{(expired.stderr or b'')[-3000:]!r}")
+
+
+@pytest.mark.parametrize("cpus", [None, 1], ids=["machine_cpus", "one_cpu"])
+def test_prepare_sft_finishes_on_a_small_ray(tiny_tokenizer, shared_data, tmp_path, cpus):
+    config = {"tokenizer": str(tiny_tokenizer), "output_dir": str(tmp_path / "out"), "sources": [
+        {"path": str(shared_data / "sft" / "cognition_dev.json")},
+        {"path": str(shared_data / "sft" / "AdvertiseGen_dev.json")}]}
+    result = _run_stage("prepare-sft", config, tmp_path, *([f"ray.num_cpus={cpus}"] if cpus else []))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["total"]["output_documents"] > 0
+
+
+@pytest.mark.parametrize("cpus", [None, 1], ids=["machine_cpus", "one_cpu"])
+def test_prepare_pretrain_finishes_on_a_small_ray(tiny_tokenizer, shared_data, tmp_path, cpus):
+    config = {"tokenizer": str(tiny_tokenizer), "output_dir": str(tmp_path / "out"), "pack": {"block_size": 256},
+              "sources": [{"path": str(shared_data / "pretrain" / "fever.txt")}]}
+    result = _run_stage("prepare-pretrain", config, tmp_path, *([f"ray.num_cpus={cpus}"] if cpus else []))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["outputs"]["blocks"] > 0
+
+
+def test_a_bad_record_format_reaches_the_user_as_one_clean_message(tiny_tokenizer, files_of_every_format, tmp_path):
+    config = {"tokenizer": str(tiny_tokenizer), "output_dir": str(tmp_path / "out"),
+              "sources": [{"name": "ads", "path": str(files_of_every_format["advertisegen"]), "record_format": "alpaca"}]}
+    result = _run_stage("prepare-sft", config, tmp_path, "ray.num_cpus=1")
+    assert result.returncode == 1
+    assert (f"lmforge prepare-sft: sources.ads: record_format alpaca does not fit {files_of_every_format['advertisegen']}"
+            f" line 1: missing field 'instruction'") in result.stderr
+    assert "Traceback" not in result.stderr and "RayTaskError" not in result.stderr
+    assert not (tmp_path / "out").exists()
