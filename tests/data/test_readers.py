@@ -120,3 +120,14 @@ def test_paragraphs_split_on_blank_lines_and_start_at_their_first_line(tmp_path)
     assert [(r.line, r.fields["text"]) for r in records] == [
         (2, "first para\nstill first"), (6, "second"), (9, "third\nend")
     ]
+
+
+def test_json_array_records_are_numbered_by_element_whatever_their_lines(tmp_path):
+    records = read_all(write(tmp_path, "lines.json", b'[{"a": 1}, {"a": 2},\n {"a": 3}, {"a" 4}]'))
+    assert [(r.line, r.position) for r in records] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    assert records[-1].error.startswith("invalid JSON array")
+
+
+def test_line_based_records_are_positioned_at_their_line(tmp_path):
+    records = read_all(write(tmp_path, "rows.jsonl", b'{"a": 1}\n\n{"a": 2}\n'))
+    assert [(r.line, r.position) for r in records] == [(1, 1), (3, 3)]

@@ -4,8 +4,12 @@ The chunks come from `lmforge.data.survey`, so that big files can be read in par
 
     survey = survey_file(path)             # one streaming pass: size, sha256, encoding, chunk boundaries
     for chunk in survey.chunks:            # each chunk can go to a different worker
-        for record in read_chunk(chunk):   # RawRecord(line, fields) or RawRecord(line, error=...)
+        for record in read_chunk(chunk):   # RawRecord(line, position, fields) or RawRecord(..., error=...)
             ...
+
+`line` is where a record starts, for people; `position` orders the records of a file and is unique
+in it (the line for line-based formats, the row for parquet, the element's ordinal for JSON), so
+a record's key stays unique when many records share a line (a JSON array written on one line).
 
 A record that cannot be read never stops the run: it comes back with `error` set (and its raw text),
 and the caller quarantines it.
@@ -40,6 +44,7 @@ _JSON_KINDS = {list: "a list", str: "a string", int: "a number", float: "a numbe
 @dataclass(frozen=True)
 class RawRecord:
     line: int  # 1-based line where the record starts (row number for parquet)
+    position: int  # unique and increasing within the file: line, parquet row, or JSON element ordinal
     fields: dict | None  # exactly one of fields and error is set
     error: str | None
     raw: str  # the record's text, at most 300 characters, for the quarantine file
@@ -104,21 +109,22 @@ def _read_json_array(chunk: FileChunk) -> Iterator[RawRecord]:
     with open_binary(chunk.path) as f:
         # surrogateescape keeps bad bytes in place, so one bad element does not spoil the whole array.
         text = f.read().decode(chunk.encoding, "surrogateescape")
-    line, counted_to = 1, 0
+    line, counted_to, ordinal = 1, 0, 0
     try:
-        for start, end, value in _array_elements(text):
+        for ordinal, (start, end, value) in enumerate(_array_elements(text), 1):
             line += text.count("\n", counted_to, start)
             counted_to = start
             raw = _UNDECODED.sub("\ufffd", text[start:min(end, start + _RAW_CHARS)])
             if _UNDECODED.search(text, start, end):
-                yield _error(line, f"undecodable bytes as {chunk.encoding}", raw)
+                yield _error(line, f"undecodable bytes as {chunk.encoding}", raw, ordinal)
             else:
-                yield _object_record(line, value, raw)
+                yield _object_record(line, value, raw, ordinal)
     except json.JSONDecodeError as error:
         line_start, line_end = text.rfind("\n", 0, error.pos) + 1, text.find("\n", error.pos)
         raw = _UNDECODED.sub("\ufffd", text[line_start:line_end if line_end >= 0 else None].rstrip("\r"))
         where = f"line {error.lineno}, column {error.colno}"
-        yield _error(error.lineno, f"invalid JSON array: {error.msg} ({where}); rest of file skipped", raw)
+        message = f"invalid JSON array: {error.msg} ({where}); rest of file skipped"
+        yield _error(error.lineno, message, raw, ordinal + 1)
 
 
 def _array_elements(text: str) -> Iterator[tuple[int, int, Any]]:
@@ -224,17 +230,18 @@ def _normalise_newlines(value: Any) -> Any:
     return value
 
 
-def _object_record(line: int, value: Any, raw: str) -> RawRecord:
+def _object_record(line: int, value: Any, raw: str, position: int | None = None) -> RawRecord:
     if not isinstance(value, dict):
-        return _error(line, f"JSON value is {_JSON_KINDS.get(type(value), 'null')}, not an object", raw)
-    return _record(line, _normalise_newlines(value), raw)
+        return _error(line, f"JSON value is {_JSON_KINDS.get(type(value), 'null')}, not an object", raw, position)
+    return _record(line, _normalise_newlines(value), raw, position)
 
 
-def _record(line: int, fields: dict, raw: str) -> RawRecord:
-    return RawRecord(line=line, fields=fields, error=None, raw=raw[:_RAW_CHARS])
+def _record(line: int, fields: dict, raw: str, position: int | None = None) -> RawRecord:
+    """A readable record; its position is its line unless given (several records may share a line)."""
+    return RawRecord(line=line, position=position or line, fields=fields, error=None, raw=raw[:_RAW_CHARS])
 
 
-def _error(line: int, error: str, raw: str) -> RawRecord:
-    return RawRecord(line=line, fields=None, error=error, raw=raw[:_RAW_CHARS])
+def _error(line: int, error: str, raw: str, position: int | None = None) -> RawRecord:
+    return RawRecord(line=line, position=position or line, fields=None, error=error, raw=raw[:_RAW_CHARS])
 
 
