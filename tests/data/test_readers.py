@@ -89,6 +89,14 @@ def test_json_array_element_that_is_not_an_object_is_an_error_record(tmp_path):
     ]
 
 
+def test_a_malformed_object_in_a_stream_names_its_line_and_ends_the_file(tmp_path):
+    data = b'{\n  "a": 1\n}\n{\n  "a" 2\n}\n{\n  "a": 3\n}\n'
+    records = read_all(write(tmp_path, "bad.json", data))
+    assert [(r.line, r.fields) for r in records] == [(1, {"a": 1}), (5, None)]
+    assert records[1].error.startswith("invalid JSON object stream: Expecting ':' delimiter (line 5, column")
+    assert records[1].error.endswith("rest of file skipped")
+
+
 def test_csv_row_with_a_missing_field_is_an_error_record(tmp_path):
     data = "department,title,ask,answer\n内科,标题,问,答\n内科,标题,问\n外科,t,a,b\n".encode()
     records = read_all(write(tmp_path, "rows.csv", data))

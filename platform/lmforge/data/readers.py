@@ -20,19 +20,11 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.data.survey import (
-    FORMATS,
-    TEXT_UNITS,
-    FileChunk,
-    check_choice,
-    decode,
-    open_binary,
-    parquet_file,
-)
+from lmforge.data.survey import READ_FORMATS, FileChunk, check_choice, decode, open_binary, parquet_file
 
 _RAW_CHARS = 300
 _CSV_FIELD_LIMIT = 256 * 1024**2  # the csv module's default (128 KiB) is smaller than some real answers
@@ -50,17 +42,18 @@ class RawRecord:
     raw: str  # the record's text, at most 300 characters, for the quarantine file
 
 
-def read_chunk(
-    chunk: FileChunk, *, text_unit: str = "line", csv_delimiter: str | None = None
-) -> Iterator[RawRecord]:
-    """The chunk's records in file order; unreadable records come back with `error` set, never raised."""
-    check_choice("text_unit", text_unit, TEXT_UNITS)
-    check_choice("format", chunk.format, FORMATS)
+def read_chunk(chunk: FileChunk, *, csv_delimiter: str | None = None) -> Iterator[RawRecord]:
+    """The chunk's records in file order; unreadable records come back with `error` set, never raised.
+
+    Text is read a record per line or per paragraph, as the survey resolved the chunk's text_unit.
+    """
+    check_choice("format", chunk.format, READ_FORMATS)
     if chunk.format == "text":
-        return _read_paragraphs(chunk) if text_unit == "paragraph" else _read_lines(chunk)
+        return _read_paragraphs(chunk) if chunk.text_unit == "paragraph" else _read_lines(chunk)
     if chunk.format == "csv":
         return _read_csv(chunk, csv_delimiter or ("\t" if chunk.path.lower().endswith(".tsv") else ","))
-    readers = {"jsonl": _read_lines, "json": _read_json_array, "parquet": _read_parquet}
+    readers = {"jsonl": _read_lines, "json": _read_json_array, "json_objects": _read_json_objects,
+               "parquet": _read_parquet}
     return readers[chunk.format](chunk)
 
 
@@ -106,12 +99,24 @@ def _json_line_record(number: int, text: str) -> RawRecord:
 
 
 def _read_json_array(chunk: FileChunk) -> Iterator[RawRecord]:
+    return _read_json_values(chunk, _array_elements, "JSON array")
+
+
+def _read_json_objects(chunk: FileChunk) -> Iterator[RawRecord]:
+    """JSON objects back to back, each maybe over many lines, with whitespace or a comma between them."""
+    return _read_json_values(chunk, _stream_values, "JSON object stream")
+
+
+def _read_json_values(
+    chunk: FileChunk, values: Callable[[str], Iterator[tuple[int, int, Any]]], kind: str
+) -> Iterator[RawRecord]:
+    """A record per value of the whole file; a malformed value ends the file with one error record."""
     with open_binary(chunk.path) as f:
-        # surrogateescape keeps bad bytes in place, so one bad element does not spoil the whole array.
+        # surrogateescape keeps bad bytes in place, so one bad value does not spoil the whole file.
         text = f.read().decode(chunk.encoding, "surrogateescape")
     line, counted_to, ordinal = 1, 0, 0
     try:
-        for ordinal, (start, end, value) in enumerate(_array_elements(text), 1):
+        for ordinal, (start, end, value) in enumerate(values(text), 1):
             line += text.count("\n", counted_to, start)
             counted_to = start
             raw = _UNDECODED.sub("\ufffd", text[start:min(end, start + _RAW_CHARS)])
@@ -123,8 +128,20 @@ def _read_json_array(chunk: FileChunk) -> Iterator[RawRecord]:
         line_start, line_end = text.rfind("\n", 0, error.pos) + 1, text.find("\n", error.pos)
         raw = _UNDECODED.sub("\ufffd", text[line_start:line_end if line_end >= 0 else None].rstrip("\r"))
         where = f"line {error.lineno}, column {error.colno}"
-        message = f"invalid JSON array: {error.msg} ({where}); rest of file skipped"
+        message = f"invalid {kind}: {error.msg} ({where}); rest of file skipped"
         yield _error(error.lineno, message, raw, ordinal + 1)
+
+
+def _stream_values(text: str) -> Iterator[tuple[int, int, Any]]:
+    """(start, end, value) of each JSON value in `text`; JSONDecodeError where one is malformed."""
+    decode = json.JSONDecoder().raw_decode
+    pos = _JSON_SPACE.match(text).end()
+    while pos < len(text):
+        value, end = decode(text, pos)
+        yield pos, end, value
+        pos = _JSON_SPACE.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = _JSON_SPACE.match(text, pos + 1).end()
 
 
 def _array_elements(text: str) -> Iterator[tuple[int, int, Any]]:

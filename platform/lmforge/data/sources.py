@@ -92,7 +92,7 @@ def read_records(planned: PlannedChunk, convert: Callable[[dict, Any], str] = re
     a conversation and stores its JSON).
     """
     source = planned.source
-    for record in read_chunk(planned.chunk, text_unit=source.text_unit):
+    for record in read_chunk(planned.chunk):  # text: the unit the survey resolved for the file
         row = {
             "key": record_key(planned.file_index, record.position),
             "chunk": planned.index,
