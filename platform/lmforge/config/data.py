@@ -18,7 +18,9 @@ class FilesConfig(StrictModel):
     name: str | None = Field(None, description="Name in reports; default: the first path's file stem.")
     path: list[str] = Field(description="File paths or globs (a single string is accepted).")
     format: Literal["text", "jsonl", "json", "parquet", "csv"] | None = Field(
-        None, description="File format; default: from the extension."
+        None,
+        description="File format; default: from the extension, then the content (a .json that is not an array "
+        "is JSON Lines or pretty-printed objects back to back; a .txt of JSON objects a line is JSON Lines).",
     )
     encoding: str | None = Field(None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030).")
 
@@ -55,8 +57,11 @@ def check_source_names(sources: list[BaseSourceConfig]) -> None:
 class SourceConfig(BaseSourceConfig):
     """One input corpus: files, how to read them, how records become text, and its mixture weight."""
 
-    text_unit: Literal["line", "paragraph"] = Field(
-        "line", description="Plain text: a document per line, or per blank-line-separated paragraph."
+    text_unit: Literal["auto", "line", "paragraph"] = Field(
+        "auto",
+        description="Plain text: a document per line, or per blank-line-separated paragraph; auto: per file from "
+        "its first MB, paragraph when blank lines part blocks of 2-8 lines (a question and its answer) or "
+        "hard-wrapped ones, else line.",
     )
     template: TemplateName = Field(
         "plain",
@@ -173,7 +178,9 @@ class SFTSourceConfig(BaseSourceConfig):
     """One SFT dataset: files, their record schema, and its mixture weight."""
 
     format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
-        None, description="File format; default: from the extension."
+        None,
+        description="File format; default: from the extension, then the content (JSON Lines or pretty-printed "
+        "objects back to back in a .json; JSON Lines in a .txt).",
     )
     record_format: SFTRecordFormat = Field(
         "auto",

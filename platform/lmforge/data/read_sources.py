@@ -142,5 +142,8 @@ def _input_record(file: SourceFile, survey: FileSurvey | str) -> dict:
         record["record_format"] = file.source.record_format  # as detected for this file
     if isinstance(survey, str):
         return record | {"error": survey}
+    shape = {"text_unit": survey.text_unit} if survey.text_unit else {}
+    if survey.detected:  # what the file's content decided, e.g. "JSON Lines in a text file"
+        shape["detected"] = survey.detected
     return record | {"size": survey.size, "sha256": survey.sha256, "encoding": survey.encoding,
-                     "format": survey.format, "chunks": len(survey.chunks)}
+                     "format": survey.format, **shape, "chunks": len(survey.chunks)}
