@@ -138,6 +138,7 @@ def test_gbk_medical_csv_keeps_chinese_and_puts_department_in_meta(shared_data):
     ({"conversations": [{"role": "user", "content": "q"}]}, "chatglm3"),
     ({"messages": [{"role": "user", "content": "q"}]}, "openai"),
     ({"instruction": "q", "input": "", "output": "a"}, "alpaca"),
+    ({"prompt": "q", "response": "a", "history": []}, "chatglm2"),
     ({"content": "q", "summary": "a"}, "advertisegen"),
     ({"department": "d", "title": "t", "ask": "q", "answer": "a"}, "medical_csv"),
     ({"问": "q", "答": "a"}, "qa"),
@@ -248,6 +249,18 @@ def test_alpaca_history_pairs_come_before_the_instruction():
     assert to_conversation(record, "alpaca") == Conversation(_chat(
         ("user", "你好"), ("assistant", "你好！"), ("user", "介绍一下"), ("assistant", "我是助手"),
         ("user", "再说一次"), ("assistant", "好的")), "你是助手")
+
+
+def test_chatglm2_history_pairs_come_before_the_prompt_and_its_response():
+    record = {"prompt": "还疼怎么办？", "response": "去医院。", "history": [["头痛", "休息一下"]]}
+    assert to_conversation(record, detect_record_format(record)).turns == _chat(
+        ("user", "头痛"), ("assistant", "休息一下"), ("user", "还疼怎么办？"), ("assistant", "去医院。"))
+
+
+@pytest.mark.parametrize("history", [{}, {"history": None}, {"history": []}])
+def test_chatglm2_history_may_be_missing_null_or_empty(history):
+    record = {"prompt": "头痛", "response": "休息一下", **history}
+    assert to_conversation(record, "chatglm2").turns == _chat(("user", "头痛"), ("assistant", "休息一下"))
 
 
 def test_field_map_reads_renamed_fields():

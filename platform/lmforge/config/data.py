@@ -171,7 +171,9 @@ class PretrainDataConfig(StrictModel):
         return self
 
 
-SFTRecordFormat = Literal["auto", "alpaca", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa"]
+SFTRecordFormat = Literal[
+    "auto", "alpaca", "chatglm2", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa"
+]
 
 
 class SFTSourceConfig(BaseSourceConfig):
@@ -184,8 +186,8 @@ class SFTSourceConfig(BaseSourceConfig):
     )
     record_format: SFTRecordFormat = Field(
         "auto",
-        description="Record schema: alpaca, sharegpt, chatglm3, openai, advertisegen, medical_csv, qa; "
-        "auto detects it per file from the first record.",
+        description="Record schema: alpaca, chatglm2 (prompt, response, history), sharegpt, chatglm3, openai, "
+        "advertisegen, medical_csv, qa; auto detects it per file from the first record.",
     )
     fields: dict[str, str] = Field(
         default_factory=dict,

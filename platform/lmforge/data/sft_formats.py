@@ -5,6 +5,7 @@
 
 Schemas; `field_map` renames any field, top-level or inside a turn ({"instruction": "prompt"}):
     alpaca        {instruction, input?, output, system?, history?: [[user, assistant], ...]}
+    chatglm2      {prompt, response, history?: [[user, assistant], ...]}   (ChatGLM-6B and ChatGLM2-6B)
     sharegpt      {conversations: [{from: human|gpt|system|function_call|observation, value}], system?, tools?}
     chatglm3      {conversations: [{role: system|user|assistant|observation|tool, content, loss?}], tools?}
     openai        {messages: [{role: system|user|assistant|tool, content, tool_calls?, weight?}], tools?}
@@ -27,7 +28,7 @@ from lmforge.data.conversation import Conversation, Turn
 from lmforge.data.survey import check_choice
 from lmforge.data.templates import RecordError
 
-RECORD_FORMATS = ("alpaca", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa")
+RECORD_FORMATS = ("alpaca", "chatglm2", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa")
 
 QA_FIELDS = {"question": ("question", "q", "问"), "answer": ("answer", "a", "答")}
 SHAREGPT_ROLES = {
@@ -58,6 +59,8 @@ def detect_record_format(fields: dict) -> str | None:
         return "openai"
     if {"instruction", "output"} <= keys:
         return "alpaca"
+    if {"prompt", "response"} <= keys:
+        return "chatglm2"
     if {"content", "summary"} <= keys:
         return "advertisegen"
     if {"title", "ask", "answer"} <= keys:
@@ -141,6 +144,17 @@ class _Fields:
 
 
 def _alpaca(record: _Fields) -> tuple[list[Item], str | None, None, dict]:
+    instruction, extra = record.text("instruction"), record.text("input", None)
+    user = f"{instruction}\n{extra}" if extra else instruction
+    return _history_then(record, user, record.text("output")), record.text("system", None), None, {}
+
+
+def _chatglm2(record: _Fields) -> tuple[list[Item], None, None, dict]:
+    return _history_then(record, record.text("prompt"), record.text("response")), None, None, {}
+
+
+def _history_then(record: _Fields, prompt: str, answer: str) -> list[Item]:
+    """The record's history pairs, then the prompt and its answer."""
     history = record.get("history", None) or []
     if not isinstance(history, list):
         raise RecordError(f"field '{record.name('history')}' is {_kind(history)}, not [[user, assistant], ...]")
@@ -149,10 +163,7 @@ def _alpaca(record: _Fields) -> tuple[list[Item], str | None, None, dict]:
         if not (isinstance(pair, list) and len(pair) == 2):
             raise RecordError(f"history item {i + 1} is not a [user, assistant] pair")
         items += [(2 * i + 1, "user", pair[0], None), (2 * i + 2, "assistant", pair[1], None)]
-    instruction, extra = record.text("instruction"), record.text("input", None)
-    user = f"{instruction}\n{extra}" if extra else instruction
-    items += [(len(items) + 1, "user", user, None), (len(items) + 2, "assistant", record.text("output"), None)]
-    return items, record.text("system", None), None, {}
+    return items + [(len(items) + 1, "user", prompt, None), (len(items) + 2, "assistant", answer, None)]
 
 
 def _sharegpt(record: _Fields) -> tuple[list[Item], str | None, list | None, dict]:
@@ -217,7 +228,7 @@ def _qa(record: _Fields) -> tuple[list[Item], None, None, dict]:
 
 
 _PARSERS = {
-    "alpaca": _alpaca, "sharegpt": _sharegpt, "chatglm3": _chatglm3, "openai": _openai,
+    "alpaca": _alpaca, "chatglm2": _chatglm2, "sharegpt": _sharegpt, "chatglm3": _chatglm3, "openai": _openai,
     "advertisegen": _advertisegen, "medical_csv": _medical_csv, "qa": _qa,
 }
 
