@@ -194,6 +194,13 @@ class SFTSourceConfig(BaseSourceConfig):
         description="Schema field -> record field for other datasets, e.g. {instruction: prompt, output: answer}.",
     )
     system: str | None = Field(None, description="System prompt for records that carry none.")
+    split_dialogue: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="An alpaca instruction or chatglm2 prompt written as a dialogue with role markers (`<user>:` "
+        "`<bot>:`, `患者:` `医生:`, `Human:` `Assistant:`, `用户:` `助手:`, `User:` `Assistant:`) becomes turns. auto: "
+        "when it starts with a user marker and has an assistant marker; always: wherever both occur; never: one "
+        "user turn.",
+    )
 
     @property
     def text_unit(self) -> str:  # SFT records are never blank-line paragraphs

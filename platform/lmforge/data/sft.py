@@ -110,7 +110,8 @@ def _detect_file_format(file: SourceFile, survey) -> str:
 
 
 def _conversation_json(fields: dict, source) -> str:
-    return to_conversation(fields, source.record_format, source.fields, source.system).to_json()
+    return to_conversation(fields, source.record_format, source.fields, source.system,
+                           split_dialogue=source.split_dialogue).to_json()
 
 
 def _first_user_turns(batch: pa.Table) -> pa.Table:
