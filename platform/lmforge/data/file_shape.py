@@ -1,6 +1,6 @@
 """What a file's first megabyte says about how to read it, where its extension does not say enough.
 
-    shape = detect_shape(first_block, "text", from_extension=True, text_unit="auto")
+    shape = detect_shape(first_block, "text", from_extension=True, text_unit="auto", encoding=None)
     shape.format, shape.text_unit, shape.detected   # "text", "paragraph", "text_unit paragraph: ..."
 
 - json, jsonl: `[` first (json only) is a JSON array; a first line that is a whole JSON value is
@@ -67,7 +67,7 @@ def text_unit_of(text: str) -> tuple[str, str]:
             size = 0
     blocks += [size] if size else []
     if len(blocks) < 2:
-        return "line", "no blank line between lines"
+        return "line", "no blank line between lines" if blocks else "no text"
     typical = _median_line_block(blocks)
     if typical < 2:
         return "line", "blank lines between single lines"
