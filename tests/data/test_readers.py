@@ -89,6 +89,14 @@ def test_json_array_element_that_is_not_an_object_is_an_error_record(tmp_path):
     ]
 
 
+def test_a_malformed_object_in_a_stream_names_its_line_and_ends_the_file(tmp_path):
+    data = b'{\n  "a": 1\n}\n{\n  "a" 2\n}\n{\n  "a": 3\n}\n'
+    records = read_all(write(tmp_path, "bad.json", data))
+    assert [(r.line, r.fields) for r in records] == [(1, {"a": 1}), (5, None)]
+    assert records[1].error.startswith("invalid JSON object stream: Expecting ':' delimiter (line 5, column")
+    assert records[1].error.endswith("rest of file skipped")
+
+
 def test_csv_row_with_a_missing_field_is_an_error_record(tmp_path):
     data = "department,title,ask,answer\n内科,标题,问,答\n内科,标题,问\n外科,t,a,b\n".encode()
     records = read_all(write(tmp_path, "rows.csv", data))
@@ -120,3 +128,14 @@ def test_paragraphs_split_on_blank_lines_and_start_at_their_first_line(tmp_path)
     assert [(r.line, r.fields["text"]) for r in records] == [
         (2, "first para\nstill first"), (6, "second"), (9, "third\nend")
     ]
+
+
+def test_json_array_records_are_numbered_by_element_whatever_their_lines(tmp_path):
+    records = read_all(write(tmp_path, "lines.json", b'[{"a": 1}, {"a": 2},\n {"a": 3}, {"a" 4}]'))
+    assert [(r.line, r.position) for r in records] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    assert records[-1].error.startswith("invalid JSON array")
+
+
+def test_line_based_records_are_positioned_at_their_line(tmp_path):
+    records = read_all(write(tmp_path, "rows.jsonl", b'{"a": 1}\n\n{"a": 2}\n'))
+    assert [(r.line, r.position) for r in records] == [(1, 1), (3, 3)]

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from lmforge.config import SFTDataConfig
 from lmforge.data.conversation import Conversation, Turn
 from lmforge.data.sft import SampleRenderer, run_prepare_sft
-from lmforge.data.sources import LINE_BITS
+from lmforge.data.sources import POSITION_BITS
 
 SFT_FILES = {
     "medical": ["medical_sft_1K_format.jsonl"],
@@ -55,8 +55,8 @@ def _samples(rows: list[dict]):
 
 
 def _record_of(key: int, manifest, shared_data: Path) -> tuple[str, int]:
-    """The input file and line a sample came from (key = file index << 40 | line)."""
-    return manifest.inputs[key >> LINE_BITS]["path"], key & ((1 << LINE_BITS) - 1)
+    """The input file and position a sample came from (key = file index << 40 | position; the line for CSV)."""
+    return manifest.inputs[key >> POSITION_BITS]["path"], key & ((1 << POSITION_BITS) - 1)
 
 
 def test_counts_reconcile_for_every_dataset(all_files_run):

@@ -138,6 +138,7 @@ def test_gbk_medical_csv_keeps_chinese_and_puts_department_in_meta(shared_data):
     ({"conversations": [{"role": "user", "content": "q"}]}, "chatglm3"),
     ({"messages": [{"role": "user", "content": "q"}]}, "openai"),
     ({"instruction": "q", "input": "", "output": "a"}, "alpaca"),
+    ({"prompt": "q", "response": "a", "history": []}, "chatglm2"),
     ({"content": "q", "summary": "a"}, "advertisegen"),
     ({"department": "d", "title": "t", "ask": "q", "answer": "a"}, "medical_csv"),
     ({"问": "q", "答": "a"}, "qa"),
@@ -250,6 +251,31 @@ def test_alpaca_history_pairs_come_before_the_instruction():
         ("user", "再说一次"), ("assistant", "好的")), "你是助手")
 
 
+def test_chatglm2_history_pairs_come_before_the_prompt_and_its_response():
+    record = {"prompt": "还疼怎么办？", "response": "去医院。", "history": [["头痛", "休息一下"]]}
+    assert to_conversation(record, detect_record_format(record)).turns == _chat(
+        ("user", "头痛"), ("assistant", "休息一下"), ("user", "还疼怎么办？"), ("assistant", "去医院。"))
+
+
+@pytest.mark.parametrize("history", [{}, {"history": None}, {"history": []}])
+def test_chatglm2_history_may_be_missing_null_or_empty(history):
+    record = {"prompt": "头痛", "response": "休息一下", **history}
+    assert to_conversation(record, "chatglm2").turns == _chat(("user", "头痛"), ("assistant", "休息一下"))
+
+
+def test_alpaca_instruction_holding_a_marked_dialogue_becomes_turns_when_asked():
+    record = {"instruction": "<user>: 头痛\n<bot>: 休息一下", "input": "<user>: 还疼\n<bot>:", "output": "去医院。"}
+    assert to_conversation(record, "alpaca", split_dialogue="auto").turns == _chat(
+        ("user", "头痛"), ("assistant", "休息一下"), ("user", "还疼"), ("assistant", "去医院。"))
+    assert len(to_conversation(record, "alpaca").turns) == 2  # never, unless the caller passes the setting
+
+
+def test_chatglm2_prompt_holding_a_marked_dialogue_is_split_after_its_history():
+    record = {"prompt": "患者：还疼\n医生：", "response": "去医院。", "history": [["头痛", "休息一下"]]}
+    turns = to_conversation(record, "chatglm2", split_dialogue="auto").turns
+    assert [t.content for t in turns] == ["头痛", "休息一下", "还疼", "去医院。"]
+
+
 def test_field_map_reads_renamed_fields():
     record = {"prompt": "翻译", "context": "hello", "answer": "你好"}
     conversation = to_conversation(record, "alpaca", {"instruction": "prompt", "input": "context", "output": "answer"})
@@ -356,3 +382,14 @@ def test_record_whose_answers_all_have_loss_off_has_nothing_to_train():
     record = {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "loss": False}]}
     with pytest.raises(RecordError, match="no trained turn"):
         to_conversation(record, "chatglm3")
+
+
+def test_prepare_sft_splits_a_marked_dialogue_by_default_and_keeps_it_whole_when_told_never():
+    from lmforge.config import SFTSourceConfig
+    from lmforge.data.sft import _conversation_json  # the converter prepare-sft reads every record with
+
+    record = {"instruction": "Human: 头痛\nAssistant: 休息一下\nHuman: 还疼", "output": "去医院。"}
+    split = Conversation.from_json(_conversation_json(record, SFTSourceConfig(path="x.json", record_format="alpaca")))
+    whole = SFTSourceConfig(path="x.json", record_format="alpaca", split_dialogue="never")
+    assert [t.role for t in split.turns] == ["user", "assistant", "user", "assistant"]
+    assert len(Conversation.from_json(_conversation_json(record, whole)).turns) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -135,3 +136,92 @@ def test_corrupt_parquet_raises_unreadable_file(tmp_path):
 def test_unknown_extension_raises_value_error_naming_the_file():
     with pytest.raises(ValueError, match=r"notes\.docx.*set format: explicitly"):
         infer_format("/data/notes.docx")
+
+
+# --- shapes the extension does not tell ---------------------------------------------------------------
+
+
+def _pretty_objects(records, between="\n"):
+    return between.join(json.dumps(r, ensure_ascii=False, indent=2) for r in records).encode()
+
+
+def test_pretty_printed_json_objects_back_to_back_are_read_as_a_stream_of_objects(tmp_path):
+    records = [{"instruction": "发热怎么办？", "output": "多喝水。"}, {"instruction": "咳嗽？", "output": "看医生。"}]
+    path = write(tmp_path, "objects.json", _pretty_objects(records))
+    survey = survey_file(str(path))
+    assert survey.format == "json_objects" and "back to back" in survey.detected
+    assert [(r.line, r.position, r.fields) for r in read_all(path)] == [(1, 1, records[0]), (5, 2, records[1])]
+
+
+def test_json_objects_with_commas_or_nothing_between_them_are_all_read(tmp_path):
+    records = [{"a": i} for i in range(4)]
+    with_commas = write(tmp_path, "commas.jsonl", _pretty_objects(records, ",\n"))
+    touching = write(tmp_path, "touching.json", _pretty_objects(records, ""))
+    assert [r.fields for r in read_all(with_commas)] == records
+    assert [r.fields for r in read_all(touching)] == records
+
+
+def test_json_lines_whose_first_line_is_broken_stay_json_lines(tmp_path):
+    path = write(tmp_path, "rows.jsonl", b'{"a": 1 "b": 2}\n{"a": 2}\n')
+    assert survey_file(str(path)).format == "jsonl"
+    assert [r.fields for r in read_all(path)] == [None, {"a": 2}]
+
+
+def test_json_lines_in_a_txt_file_are_read_as_records_and_the_survey_says_so(tmp_path):
+    data = '{"问": "发热怎么办？", "答": "多喝水。"}\n\n{"问": "咳嗽？", "答": "看医生。"}\n'.encode()
+    path = write(tmp_path, "qa.txt", data)
+    survey = survey_file(str(path))
+    assert (survey.format, survey.detected) == ("jsonl", "JSON Lines in a text file")
+    assert [(r.line, r.fields["问"]) for r in read_all(path)] == [(1, "发热怎么办？"), (3, "咳嗽？")]
+
+
+def test_a_txt_file_set_to_format_text_keeps_its_json_lines_as_text(tmp_path):
+    path = write(tmp_path, "qa.txt", b'{"q": "a"}\n{"q": "b"}\n')
+    assert survey_file(str(path), "text").format == "text"
+    assert [r.fields for r in read_all(path, "text")] == [{"text": '{"q": "a"}'}, {"text": '{"q": "b"}'}]
+
+
+def test_a_txt_file_with_prose_among_json_lines_stays_text(tmp_path):
+    path = write(tmp_path, "notes.txt", b'{"q": "a"}\nplain words\n{"q": "b"}\n')
+    assert survey_file(str(path)).format == "text"
+
+
+def test_question_and_answer_blocks_between_blank_lines_are_one_document_each(tmp_path):
+    blocks = [f"问题{i}：发热怎么办？\n回答{i}：多喝水，注意休息。" for i in range(5)]
+    path = write(tmp_path, "qa.txt", "\n\n\n".join(blocks).encode())
+    survey = survey_file(str(path))
+    assert survey.text_unit == "paragraph" and survey.detected.startswith("text_unit paragraph")
+    assert [r.fields["text"] for r in read_all(path, text_unit="auto")] == blocks
+
+
+def test_hard_wrapped_english_paragraphs_are_one_document_each(tmp_path):
+    paragraph = "\n".join(["The quick brown fox jumps over the lazy dog and keeps running until"] * 11 + ["done."])
+    path = write(tmp_path, "essay.txt", "\n\n".join([paragraph] * 3).encode())
+    assert survey_file(str(path)).text_unit == "paragraph"
+    assert [r.fields["text"] for r in read_all(path, text_unit="auto")] == [paragraph] * 3
+
+
+def test_single_lines_between_blank_lines_stay_one_document_per_line(tmp_path):
+    path = write(tmp_path, "lines.txt", b"one document.\n\nanother one.\n\nand a third.\n")
+    assert survey_file(str(path)).text_unit == "line"
+
+
+def test_shared_textbook_and_wiki_texts_stay_one_document_per_line(shared_data):
+    for name in ("fever.txt", "wiki_demo.txt"):
+        survey = survey_file(str(shared_data / "pretrain" / name))
+        assert (survey.format, survey.text_unit) == ("text", "line"), survey.detected
+
+
+def test_an_explicit_text_unit_is_kept_whatever_the_file_looks_like(tmp_path):
+    path = write(tmp_path, "qa.txt", b"q one\na one\n\nq two\na two\n")
+    assert survey_file(str(path), text_unit="line").text_unit == "line"
+    assert survey_file(str(path), text_unit="line").detected is None
+    assert len(read_all(path, text_unit="line")) == 4
+
+
+def test_paragraph_chunks_found_by_auto_carry_their_unit_and_read_the_same(tmp_path):
+    blocks = [f"问题{i}\n回答{i}，" + "内容 " * (i % 7 + 1) for i in range(300)]
+    path = write(tmp_path, "qa.txt", "\n\n".join(blocks).encode())
+    chunks = survey_file(str(path), chunk_bytes=500).chunks
+    assert len(chunks) > 10 and {c.text_unit for c in chunks} == {"paragraph"}
+    assert read_all(path, text_unit="auto", chunk_bytes=500) == read_all(path, text_unit="paragraph")

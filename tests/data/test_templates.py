@@ -37,3 +37,13 @@ def test_missing_field_names_the_field():
         render_text({"ask": "问"}, _source(template="format", format_string="{ask}{answer}"))
     with pytest.raises(RecordError, match="missing field for 'text'"):
         render_text({"body": "x"}, _source())
+
+
+def test_plain_renders_a_record_without_text_but_with_question_and_answer_as_qa():
+    assert render_text({"问": "发热怎么办？", "答": "多喝水。"}, _source()) == "发热怎么办？\n多喝水。"
+    assert render_text({"text": "正文", "q": "问"}, _source()) == "正文"
+
+
+def test_plain_still_wants_text_when_only_a_question_is_there():
+    with pytest.raises(RecordError, match="missing field for 'text'"):
+        render_text({"q": "问"}, _source())

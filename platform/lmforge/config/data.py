@@ -18,7 +18,9 @@ class FilesConfig(StrictModel):
     name: str | None = Field(None, description="Name in reports; default: the first path's file stem.")
     path: list[str] = Field(description="File paths or globs (a single string is accepted).")
     format: Literal["text", "jsonl", "json", "parquet", "csv"] | None = Field(
-        None, description="File format; default: from the extension."
+        None,
+        description="File format; default: from the extension, then the content (a .json that is not an array "
+        "is JSON Lines or pretty-printed objects back to back; a .txt of JSON objects a line is JSON Lines).",
     )
     encoding: str | None = Field(None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030).")
 
@@ -59,8 +61,11 @@ def check_source_names(sources: list[BaseSourceConfig]) -> None:
 class SourceConfig(BaseSourceConfig):
     """One input corpus: files, how to read them, how records become text, and its mixture weight."""
 
-    text_unit: Literal["line", "paragraph"] = Field(
-        "line", description="Plain text: a document per line, or per blank-line-separated paragraph."
+    text_unit: Literal["auto", "line", "paragraph"] = Field(
+        "auto",
+        description="Plain text: a document per line, or per blank-line-separated paragraph; auto: per file from "
+        "its first MB, paragraph when blank lines part blocks of 2-8 lines (a question and its answer) or "
+        "hard-wrapped ones, else line.",
     )
     template: TemplateName = Field(
         "plain",
@@ -181,25 +186,36 @@ class PretrainDataConfig(StrictModel):
         return self
 
 
-SFTRecordFormat = Literal["auto", "alpaca", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa"]
+SFTRecordFormat = Literal[
+    "auto", "alpaca", "chatglm2", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa"
+]
 
 
 class SFTSourceConfig(BaseSourceConfig):
     """One SFT dataset: files, their record schema, and its mixture weight."""
 
     format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
-        None, description="File format; default: from the extension."
+        None,
+        description="File format; default: from the extension, then the content (JSON Lines or pretty-printed "
+        "objects back to back in a .json; JSON Lines in a .txt).",
     )
     record_format: SFTRecordFormat = Field(
         "auto",
-        description="Record schema: alpaca, sharegpt, chatglm3, openai, advertisegen, medical_csv, qa; "
-        "auto detects it per file from the first record.",
+        description="Record schema: alpaca, chatglm2 (prompt, response, history), sharegpt, chatglm3, openai, "
+        "advertisegen, medical_csv, qa; auto detects it per file from the first record.",
     )
     fields: dict[str, str] = Field(
         default_factory=dict,
         description="Schema field -> record field for other datasets, e.g. {instruction: prompt, output: answer}.",
     )
     system: str | None = Field(None, description="System prompt for records that carry none.")
+    split_dialogue: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="An alpaca instruction or chatglm2 prompt written as a dialogue with role markers (`<user>:` "
+        "`<bot>:`, `患者:` `医生:`, `Human:` `Assistant:`, `用户:` `助手:`, `User:` `Assistant:`) becomes turns. auto: "
+        "when it starts with a user marker and has an assistant marker; always: wherever both occur; never: one "
+        "user turn.",
+    )
 
     @property
     def text_unit(self) -> str:  # SFT records are never blank-line paragraphs

@@ -18,7 +18,7 @@ from ray.data.expressions import col
 from lmforge.config import BaseSourceConfig
 from lmforge.data.dedup import DuplicateClusters
 from lmforge.data.dedup_dataset import DuplicateReport
-from lmforge.data.sources import LINE_BITS, SourceFile
+from lmforge.data.sources import POSITION_BITS, SourceFile
 
 EXCERPT = 300
 
@@ -35,7 +35,7 @@ def write_quarantine(docs: ray.data.Dataset, files: list[SourceFile], surveys: l
         if bad.count():
             for row in bad.sort("key").iter_rows():
                 sink.write(_json({
-                    "source": row["source"], "file": files[row["key"] >> LINE_BITS].path, "line": row["line"],
+                    "source": row["source"], "file": files[row["key"] >> POSITION_BITS].path, "line": row["line"],
                     "reason": row["reason"], "raw": row["raw"],
                 }))
                 written += 1
@@ -55,7 +55,7 @@ def write_duplicate_sample(docs: ray.data.Dataset, clusters: DuplicateClusters, 
 
     def describe(key: int) -> dict:
         row = rows.get(key, {})
-        return {"source": row.get("source"), "file": files[key >> LINE_BITS].path, "line": row.get("line"),
+        return {"source": row.get("source"), "file": files[key >> POSITION_BITS].path, "line": row.get("line"),
                 "text": (row.get("text") or "")[:EXCERPT]}
 
     with path.open("w", encoding="utf-8") as sink:
@@ -145,7 +145,7 @@ def removed_by_source(duplicates: DuplicateReport, source_of_file: list[str]) ->
     counts: dict[str, dict[str, int]] = {}
     for kind, keys in (("exact_duplicates", removed[exact]), ("near_duplicates", removed[near]),
                        ("prefix_duplicates", removed[prefix])):
-        sources, n = np.unique(names[keys >> LINE_BITS], return_counts=True) if keys.size else ([], [])
+        sources, n = np.unique(names[keys >> POSITION_BITS], return_counts=True) if keys.size else ([], [])
         for name, count in zip(sources, n):
             counts.setdefault(name, {})[kind] = int(count)
     return counts

@@ -31,7 +31,7 @@ from lmforge.data.accounting import (
 )
 from lmforge.data.dedup_dataset import DuplicateReport, find_duplicates
 from lmforge.data.mixing import mixture_warnings
-from lmforge.data.sources import LINE_BITS, PlannedChunk, SourceFile, plan_chunks, survey_source_file
+from lmforge.data.sources import POSITION_BITS, PlannedChunk, SourceFile, plan_chunks, survey_source_file
 from lmforge.data.survey import FileSurvey
 from lmforge.data.tokenizer import tokenizer_identity
 from lmforge.manifest import Manifest
@@ -100,7 +100,7 @@ class SourceRecords:
                 f"{row['output_documents']}"
             )
         bad = self.docs.filter(expr=col("status") == "quarantined").take(3)
-        lines += [f"  quarantined: {self.files[row['key'] >> LINE_BITS].path} line {row['line']}: {row['reason']}"
+        lines += [f"  quarantined: {self.files[row['key'] >> POSITION_BITS].path} line {row['line']}: {row['reason']}"
                   for row in bad]
         raise EmptyOutput("\n".join(lines))
 
@@ -174,5 +174,8 @@ def _input_record(file: SourceFile, survey: FileSurvey | str) -> dict:
         record["record_format"] = file.source.record_format  # as detected for this file
     if isinstance(survey, str):
         return record | {"error": survey}
+    shape = {"text_unit": survey.text_unit} if survey.text_unit else {}
+    if survey.detected:  # what the file's content decided, e.g. "JSON Lines in a text file"
+        shape["detected"] = survey.detected
     return record | {"size": survey.size, "sha256": survey.sha256, "encoding": survey.encoding,
-                     "format": survey.format, "chunks": len(survey.chunks)}
+                     "format": survey.format, **shape, "chunks": len(survey.chunks)}

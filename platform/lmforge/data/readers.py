@@ -4,8 +4,12 @@ The chunks come from `lmforge.data.survey`, so that big files can be read in par
 
     survey = survey_file(path)             # one streaming pass: size, sha256, encoding, chunk boundaries
     for chunk in survey.chunks:            # each chunk can go to a different worker
-        for record in read_chunk(chunk):   # RawRecord(line, fields) or RawRecord(line, error=...)
+        for record in read_chunk(chunk):   # RawRecord(line, position, fields) or RawRecord(..., error=...)
             ...
+
+`line` is where a record starts, for people; `position` orders the records of a file and is unique
+in it (the line for line-based formats, the row for parquet, the element's ordinal for JSON), so
+a record's key stays unique when many records share a line (a JSON array written on one line).
 
 A record that cannot be read never stops the run: it comes back with `error` set (and its raw text),
 and the caller quarantines it.
@@ -16,19 +20,11 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.data.survey import (
-    FORMATS,
-    TEXT_UNITS,
-    FileChunk,
-    check_choice,
-    decode,
-    open_binary,
-    parquet_file,
-)
+from lmforge.data.survey import READ_FORMATS, FileChunk, check_choice, decode, open_binary, parquet_file
 
 _RAW_CHARS = 300
 _CSV_FIELD_LIMIT = 256 * 1024**2  # the csv module's default (128 KiB) is smaller than some real answers
@@ -40,22 +36,24 @@ _JSON_KINDS = {list: "a list", str: "a string", int: "a number", float: "a numbe
 @dataclass(frozen=True)
 class RawRecord:
     line: int  # 1-based line where the record starts (row number for parquet)
+    position: int  # unique and increasing within the file: line, parquet row, or JSON element ordinal
     fields: dict | None  # exactly one of fields and error is set
     error: str | None
     raw: str  # the record's text, at most 300 characters, for the quarantine file
 
 
-def read_chunk(
-    chunk: FileChunk, *, text_unit: str = "line", csv_delimiter: str | None = None
-) -> Iterator[RawRecord]:
-    """The chunk's records in file order; unreadable records come back with `error` set, never raised."""
-    check_choice("text_unit", text_unit, TEXT_UNITS)
-    check_choice("format", chunk.format, FORMATS)
+def read_chunk(chunk: FileChunk, *, csv_delimiter: str | None = None) -> Iterator[RawRecord]:
+    """The chunk's records in file order; unreadable records come back with `error` set, never raised.
+
+    Text is read a record per line or per paragraph, as the survey resolved the chunk's text_unit.
+    """
+    check_choice("format", chunk.format, READ_FORMATS)
     if chunk.format == "text":
-        return _read_paragraphs(chunk) if text_unit == "paragraph" else _read_lines(chunk)
+        return _read_paragraphs(chunk) if chunk.text_unit == "paragraph" else _read_lines(chunk)
     if chunk.format == "csv":
         return _read_csv(chunk, csv_delimiter or ("\t" if chunk.path.lower().endswith(".tsv") else ","))
-    readers = {"jsonl": _read_lines, "json": _read_json_array, "parquet": _read_parquet}
+    readers = {"jsonl": _read_lines, "json": _read_json_array, "json_objects": _read_json_objects,
+               "parquet": _read_parquet}
     return readers[chunk.format](chunk)
 
 
@@ -101,24 +99,49 @@ def _json_line_record(number: int, text: str) -> RawRecord:
 
 
 def _read_json_array(chunk: FileChunk) -> Iterator[RawRecord]:
+    return _read_json_values(chunk, _array_elements, "JSON array")
+
+
+def _read_json_objects(chunk: FileChunk) -> Iterator[RawRecord]:
+    """JSON objects back to back, each maybe over many lines, with whitespace or a comma between them."""
+    return _read_json_values(chunk, _stream_values, "JSON object stream")
+
+
+def _read_json_values(
+    chunk: FileChunk, values: Callable[[str], Iterator[tuple[int, int, Any]]], kind: str
+) -> Iterator[RawRecord]:
+    """A record per value of the whole file; a malformed value ends the file with one error record."""
     with open_binary(chunk.path) as f:
-        # surrogateescape keeps bad bytes in place, so one bad element does not spoil the whole array.
+        # surrogateescape keeps bad bytes in place, so one bad value does not spoil the whole file.
         text = f.read().decode(chunk.encoding, "surrogateescape")
-    line, counted_to = 1, 0
+    line, counted_to, ordinal = 1, 0, 0
     try:
-        for start, end, value in _array_elements(text):
+        for ordinal, (start, end, value) in enumerate(values(text), 1):
             line += text.count("\n", counted_to, start)
             counted_to = start
             raw = _UNDECODED.sub("\ufffd", text[start:min(end, start + _RAW_CHARS)])
             if _UNDECODED.search(text, start, end):
-                yield _error(line, f"undecodable bytes as {chunk.encoding}", raw)
+                yield _error(line, f"undecodable bytes as {chunk.encoding}", raw, ordinal)
             else:
-                yield _object_record(line, value, raw)
+                yield _object_record(line, value, raw, ordinal)
     except json.JSONDecodeError as error:
         line_start, line_end = text.rfind("\n", 0, error.pos) + 1, text.find("\n", error.pos)
         raw = _UNDECODED.sub("\ufffd", text[line_start:line_end if line_end >= 0 else None].rstrip("\r"))
         where = f"line {error.lineno}, column {error.colno}"
-        yield _error(error.lineno, f"invalid JSON array: {error.msg} ({where}); rest of file skipped", raw)
+        message = f"invalid {kind}: {error.msg} ({where}); rest of file skipped"
+        yield _error(error.lineno, message, raw, ordinal + 1)
+
+
+def _stream_values(text: str) -> Iterator[tuple[int, int, Any]]:
+    """(start, end, value) of each JSON value in `text`; JSONDecodeError where one is malformed."""
+    decode = json.JSONDecoder().raw_decode
+    pos = _JSON_SPACE.match(text).end()
+    while pos < len(text):
+        value, end = decode(text, pos)
+        yield pos, end, value
+        pos = _JSON_SPACE.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = _JSON_SPACE.match(text, pos + 1).end()
 
 
 def _array_elements(text: str) -> Iterator[tuple[int, int, Any]]:
@@ -224,17 +247,18 @@ def _normalise_newlines(value: Any) -> Any:
     return value
 
 
-def _object_record(line: int, value: Any, raw: str) -> RawRecord:
+def _object_record(line: int, value: Any, raw: str, position: int | None = None) -> RawRecord:
     if not isinstance(value, dict):
-        return _error(line, f"JSON value is {_JSON_KINDS.get(type(value), 'null')}, not an object", raw)
-    return _record(line, _normalise_newlines(value), raw)
+        return _error(line, f"JSON value is {_JSON_KINDS.get(type(value), 'null')}, not an object", raw, position)
+    return _record(line, _normalise_newlines(value), raw, position)
 
 
-def _record(line: int, fields: dict, raw: str) -> RawRecord:
-    return RawRecord(line=line, fields=fields, error=None, raw=raw[:_RAW_CHARS])
+def _record(line: int, fields: dict, raw: str, position: int | None = None) -> RawRecord:
+    """A readable record; its position is its line unless given (several records may share a line)."""
+    return RawRecord(line=line, position=position or line, fields=fields, error=None, raw=raw[:_RAW_CHARS])
 
 
-def _error(line: int, error: str, raw: str) -> RawRecord:
-    return RawRecord(line=line, fields=None, error=error, raw=raw[:_RAW_CHARS])
+def _error(line: int, error: str, raw: str, position: int | None = None) -> RawRecord:
+    return RawRecord(line=line, position=position or line, fields=None, error=error, raw=raw[:_RAW_CHARS])
 
 

@@ -142,7 +142,8 @@ def _file_record_format(file: SourceFile, survey) -> tuple[str, str | None]:
 
 
 def _conversation_json(fields: dict, source) -> str:
-    return to_conversation(fields, source.record_format, source.fields, source.system).to_json()
+    return to_conversation(fields, source.record_format, source.fields, source.system,
+                           split_dialogue=source.split_dialogue).to_json()
 
 
 def render_batch(batch: pa.Table, tokenizer_path: str, template: str, max_length: int) -> pa.Table:

@@ -1,16 +1,22 @@
 """Every common SFT record schema into one `Conversation` (lmforge.data.conversation).
 
     record_format = detect_file_record_format(path, first_fields)    # once per file, unless the config names it
-    conversation = to_conversation(fields, record_format, source.fields, source.system)   # or RecordError
+    conversation = to_conversation(fields, record_format, source.fields, source.system,
+                                   split_dialogue=source.split_dialogue)   # or RecordError
 
 Schemas; `field_map` renames any field, top-level or inside a turn ({"instruction": "prompt"}):
     alpaca        {instruction, input?, output, system?, history?: [[user, assistant], ...]}
+    chatglm2      {prompt, response, history?: [[user, assistant], ...]}   (ChatGLM-6B and ChatGLM2-6B)
     sharegpt      {conversations: [{from: human|gpt|system|function_call|observation, value}], system?, tools?}
     chatglm3      {conversations: [{role: system|user|assistant|observation|tool, content, loss?}], tools?}
     openai        {messages: [{role: system|user|assistant|tool, content, tool_calls?, weight?}], tools?}
     advertisegen  {content, summary}
     medical_csv   {department, title, ask, answer}
     qa            {question|q|问, answer|a|答}
+
+An alpaca instruction (with its input) or a chatglm2 prompt may hold a whole dialogue written with
+role markers ("<user>: ...\n<bot>: ..."); `split_dialogue` turns it into turns before the answer
+(lmforge.data.dialogue_markers says when and how).
 
 Every conversation: an optional system prompt (only as the first turn), then a user turn; a tool turn
 follows an assistant turn (or another tool turn: parallel calls). Contents are stripped, and trailing
@@ -21,13 +27,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from lmforge.data.conversation import Conversation, Turn
+from lmforge.data.dialogue_markers import SPLIT_MODES, dialogue_turns
 from lmforge.data.survey import check_choice
 from lmforge.data.templates import RecordError
 
-RECORD_FORMATS = ("alpaca", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa")
+RECORD_FORMATS = ("alpaca", "chatglm2", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa")
 
 QA_FIELDS = {"question": ("question", "q", "问"), "answer": ("answer", "a", "答")}
 SHAREGPT_ROLES = {
@@ -58,6 +66,8 @@ def detect_record_format(fields: dict) -> str | None:
         return "openai"
     if {"instruction", "output"} <= keys:
         return "alpaca"
+    if {"prompt", "response"} <= keys:
+        return "chatglm2"
     if {"content", "summary"} <= keys:
         return "advertisegen"
     if {"title", "ask", "answer"} <= keys:
@@ -87,12 +97,21 @@ def detect_file_record_format(path: str, first_fields: dict | None) -> str:
 
 
 def to_conversation(
-    fields: dict, record_format: str, field_map: dict[str, str] | None = None, default_system: str | None = None
+    fields: dict, record_format: str, field_map: dict[str, str] | None = None, default_system: str | None = None,
+    *, split_dialogue: str = "never",
 ) -> Conversation:
-    """One record as a Conversation; RecordError with a short reason if it cannot be trained on."""
+    """One record as a Conversation; RecordError with a short reason if it cannot be trained on.
+
+    split_dialogue (auto, always, never): for alpaca and chatglm2, whether a prompt written as a
+    dialogue with role markers becomes turns; never, the default, keeps it one user turn.
+    """
     check_choice("record_format", record_format, RECORD_FORMATS)
+    check_choice("split_dialogue", split_dialogue, SPLIT_MODES)
     record = _Fields(fields, field_map or {})
-    items, system, tools, meta = _PARSERS[record_format](record)
+    parse = _PARSERS[record_format]
+    if record_format in ("alpaca", "chatglm2"):
+        parse = partial(parse, split_dialogue=split_dialogue)
+    items, system, tools, meta = parse(record)
     return _conversation(items, system or default_system, tools, meta)
 
 
@@ -140,7 +159,18 @@ class _Fields:
         return roles[role]
 
 
-def _alpaca(record: _Fields) -> tuple[list[Item], str | None, None, dict]:
+def _alpaca(record: _Fields, split_dialogue: str) -> tuple[list[Item], str | None, None, dict]:
+    instruction, extra = record.text("instruction"), record.text("input", None)
+    user = f"{instruction}\n{extra}" if extra else instruction
+    return _history_then(record, user, record.text("output"), split_dialogue), record.text("system", None), None, {}
+
+
+def _chatglm2(record: _Fields, split_dialogue: str) -> tuple[list[Item], None, None, dict]:
+    return _history_then(record, record.text("prompt"), record.text("response"), split_dialogue), None, None, {}
+
+
+def _history_then(record: _Fields, prompt: str, answer: str, split_dialogue: str) -> list[Item]:
+    """The record's history pairs, then the prompt (split at role markers, if so) and its answer."""
     history = record.get("history", None) or []
     if not isinstance(history, list):
         raise RecordError(f"field '{record.name('history')}' is {_kind(history)}, not [[user, assistant], ...]")
@@ -149,10 +179,8 @@ def _alpaca(record: _Fields) -> tuple[list[Item], str | None, None, dict]:
         if not (isinstance(pair, list) and len(pair) == 2):
             raise RecordError(f"history item {i + 1} is not a [user, assistant] pair")
         items += [(2 * i + 1, "user", pair[0], None), (2 * i + 2, "assistant", pair[1], None)]
-    instruction, extra = record.text("instruction"), record.text("input", None)
-    user = f"{instruction}\n{extra}" if extra else instruction
-    items += [(len(items) + 1, "user", user, None), (len(items) + 2, "assistant", record.text("output"), None)]
-    return items, record.text("system", None), None, {}
+    turns = dialogue_turns(prompt, answer, split_dialogue)
+    return items + [(len(items) + n, role, text, None) for n, (role, text) in enumerate(turns, 1)]
 
 
 def _sharegpt(record: _Fields) -> tuple[list[Item], str | None, list | None, dict]:
@@ -217,7 +245,7 @@ def _qa(record: _Fields) -> tuple[list[Item], None, None, dict]:
 
 
 _PARSERS = {
-    "alpaca": _alpaca, "sharegpt": _sharegpt, "chatglm3": _chatglm3, "openai": _openai,
+    "alpaca": _alpaca, "chatglm2": _chatglm2, "sharegpt": _sharegpt, "chatglm3": _chatglm3, "openai": _openai,
     "advertisegen": _advertisegen, "medical_csv": _medical_csv, "qa": _qa,
 }
 

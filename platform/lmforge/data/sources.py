@@ -1,8 +1,9 @@
 """From the `sources:` of a config to records: expand globs, survey files, read chunks.
 
 Every record gets a `key` that orders the whole corpus and says where it came from:
-`file_index << 40 | line` (files numbered in config order, then path order). Dedup keeps the
-copy with the smallest key, so which copy survives never depends on scheduling.
+`file_index << 40 | position` (files numbered in config order, then path order; the position is
+unique in the file: the line, the parquet row or the JSON element's ordinal). Dedup keeps the copy
+with the smallest key, so which copy survives never depends on scheduling.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lmforge.data.readers import read_chunk
 from lmforge.data.survey import FileChunk, FileSurvey, UnreadableFile, infer_format, survey_file
 from lmforge.data.templates import RecordError, render_text
 
-LINE_BITS = 40
+POSITION_BITS = 40
 RAW_EXCERPT = 300
 
 
@@ -39,12 +40,14 @@ class PlannedChunk:
     chunk: FileChunk
 
 
-def record_key(file_index: int, line: int) -> int:
-    return (file_index << LINE_BITS) | line
+def record_key(file_index: int, position: int) -> int:
+    if not 0 < position < 1 << POSITION_BITS:  # a wider position would spill into the file index
+        raise ValueError(f"record position {position} of file {file_index} is outside 1..2**{POSITION_BITS}-1")
+    return (file_index << POSITION_BITS) | position
 
 
 def key_file_index(key: int) -> int:
-    return key >> LINE_BITS
+    return key >> POSITION_BITS
 
 
 def list_source_files(sources: list[SourceConfig]) -> list[SourceFile]:
@@ -95,9 +98,9 @@ def read_records(planned: PlannedChunk, convert: Callable[[dict, Any], str] = re
     a conversation and stores its JSON).
     """
     source = planned.source
-    for record in read_chunk(planned.chunk, text_unit=source.text_unit):
+    for record in read_chunk(planned.chunk):  # text: the unit the survey resolved for the file
         row = {
-            "key": record_key(planned.file_index, record.line),
+            "key": record_key(planned.file_index, record.position),
             "chunk": planned.index,
             "source": source.name,
             "line": record.line,

@@ -1,11 +1,14 @@
 """Survey an input file once, before it is read: size, sha256, encoding, format and chunk boundaries.
 
     survey = survey_file(path)    # one streaming pass over the file
-    survey.chunks                 # FileChunk(path, format, encoding, start, end, first_line), one per worker
+    survey.chunks                 # FileChunk(path, format, encoding, start, end, first_line, text_unit)
 
-Chunks of text and JSONL files start at record boundaries, so reading a file as many chunks gives
-exactly the records of reading it as one. A file that cannot be read at all raises `UnreadableFile`.
-Turning a chunk into records is `lmforge.data.readers`.
+The file's first block decides, before any chunk is cut, what the extension cannot: JSON array,
+JSON Lines or JSON objects back to back; JSON Lines in a .txt file; a document per line or per
+blank-line-separated paragraph (`lmforge.data.file_shape`). Chunks of text and JSONL files start at
+record boundaries, so reading a file as many chunks gives exactly the records of reading it as one.
+A file that cannot be read at all raises `UnreadableFile`. Turning a chunk into records is
+`lmforge.data.readers`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMATS = ("text", "jsonl", "json", "parquet", "csv")
+from lmforge.data.file_shape import detect_shape
+
+FORMATS = ("text", "jsonl", "json", "parquet", "csv")  # what a config may name
+READ_FORMATS = (*FORMATS, "json_objects")  # what a survey may resolve a file to
 TEXT_UNITS = ("line", "paragraph")
 
 _EXTENSION_FORMATS = {
@@ -48,6 +54,7 @@ class FileChunk:
     start: int  # byte offset (text, jsonl) | row-group index (parquet) | 0 (json array, csv)
     end: int  # exclusive byte offset | row-group index + 1 | file size
     first_line: int  # 1-based line number of the chunk's first line (row number for parquet)
+    text_unit: str | None = None  # text files: "line" or "paragraph", a record per each
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,10 @@ class FileSurvey:
     size: int
     sha256: str
     encoding: str
-    format: str  # resolved: a .json file that is not an array is "jsonl"
+    format: str  # resolved, one of READ_FORMATS: a .json file that is not an array is "jsonl", ...
     chunks: tuple[FileChunk, ...]
+    text_unit: str | None = None  # text files: resolved "line" or "paragraph"
+    detected: str | None = None  # what the content decided, in words (for the manifest); see file_shape
 
 
 def infer_format(path: str) -> str:
@@ -80,42 +89,43 @@ def detect_encoding(path: str) -> str:
 
 def survey_file(
     path: str, format: str | None = None, *, encoding: str | None = None,
-    chunk_bytes: int = 64 * 1024**2, text_unit: str = "line",
+    chunk_bytes: int = 64 * 1024**2, text_unit: str = "auto",
 ) -> FileSurvey:
-    """Size, sha256, encoding and chunks of one file, from a single streaming read.
+    """Size, sha256, encoding, resolved format and text unit, and chunks of one file, from a single read.
 
-    Text and JSONL files are cut near every `chunk_bytes` at a record boundary (`text_unit` must
-    match the one later given to read_chunk); JSON arrays and CSV are one chunk; parquet is one
-    chunk per row group. Raises UnreadableFile if the file cannot be read.
+    Text and JSONL files are cut near every `chunk_bytes` at a record boundary (a blank line for
+    paragraphs); JSON and CSV are one chunk; parquet is one chunk per row group. `text_unit` "auto"
+    lets the first block decide (file_shape.text_unit_of). Raises UnreadableFile if it cannot be read.
     """
     path = os.fspath(path)
-    format = format or infer_format(path)
-    check_choice("format", format, FORMATS)
-    check_choice("text_unit", text_unit, TEXT_UNITS)
+    named = format or infer_format(path)
+    check_choice("format", named, FORMATS)
+    check_choice("text_unit", text_unit, (*TEXT_UNITS, "auto"))
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    sha, size, first_byte = hashlib.sha256(), 0, b""
-    vote = _EncodingVote() if encoding is None and format != "parquet" else None
-    cutter = _ChunkCutter(chunk_bytes, _CHUNK_BOUNDARY[text_unit if format == "text" else "line"])
+    sha, size = hashlib.sha256(), 0
+    vote = _EncodingVote() if encoding is None and named != "parquet" else None
     with open_binary(path) as f:
-        for offset, block in _whole_line_blocks(f):
+        blocks = _whole_line_blocks(f)
+        first = next(blocks, (0, b""))
+        # Decided before any cut: paragraph chunks may only start after a blank line.
+        shape = detect_shape(first[1], named, from_extension=format is None, text_unit=text_unit, encoding=encoding)
+        cutter = _ChunkCutter(chunk_bytes, _CHUNK_BOUNDARY[shape.text_unit or "line"])
+        for offset, block in itertools.chain([first], blocks):
             sha.update(block)
             size = offset + len(block)
             if vote:
                 vote.add(offset, block)
-            if format in ("text", "jsonl", "json"):
+            if shape.format in ("text", "jsonl"):
                 cutter.add(offset, block)
-                first_byte = first_byte or block.removeprefix(codecs.BOM_UTF8).lstrip()[:1]
-    if format == "json" and first_byte != b"[":
-        format = "jsonl"
     encoding = encoding or (vote.decide(path) if vote else "utf-8")  # parquet strings are always UTF-8
-    if format == "parquet":
+    if shape.format == "parquet":
         chunks = _parquet_chunks(path)
-    elif format in ("text", "jsonl"):
-        chunks = cutter.chunks(path, format, encoding, size)
+    elif shape.format in ("text", "jsonl"):
+        chunks = cutter.chunks(path, shape.format, encoding, size, shape.text_unit)
     else:
-        chunks = (FileChunk(path, format, encoding, 0, size, 1),)
-    return FileSurvey(path, size, sha.hexdigest(), encoding, format, chunks)
+        chunks = (FileChunk(path, shape.format, encoding, 0, size, 1),)
+    return FileSurvey(path, size, sha.hexdigest(), encoding, shape.format, chunks, shape.text_unit, shape.detected)
 
 
 def _whole_line_blocks(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
@@ -208,11 +218,14 @@ class _ChunkCutter:
             self.next_cut = offset + match.end() + self.chunk_bytes
         self.lines_before += block.count(b"\n")
 
-    def chunks(self, path: str, format: str, encoding: str, size: int) -> tuple[FileChunk, ...]:
+    def chunks(
+        self, path: str, format: str, encoding: str, size: int, text_unit: str | None
+    ) -> tuple[FileChunk, ...]:
         starts = [self.starts[0]] + [start for start in self.starts[1:] if start[0] < size]
         ends = [offset for offset, _ in starts[1:]] + [size]
         return tuple(
-            FileChunk(path, format, encoding, start, end, line) for (start, line), end in zip(starts, ends)
+            FileChunk(path, format, encoding, start, end, line, text_unit)
+            for (start, line), end in zip(starts, ends)
         )
 
 

@@ -1,7 +1,9 @@
 """Turn a structured record into pretraining text, as the original recipe does.
 
-qa: `q\na`; dialogue: `患者:xx\n医生:yy`; medical_csv: `title\nask\nanswer`; plain: one field;
-format: a user's format string. EOS is not part of the text: the tokenizer step appends it.
+qa: `q\na`; dialogue: `患者:xx\n医生:yy`; medical_csv: `title\nask\nanswer`; plain: one field (a
+record with no text field but a question and an answer, such as JSON Lines of QA in a .txt file,
+renders as qa); format: a user's format string. EOS is not part of the text: the tokenizer step
+appends it.
 """
 
 from __future__ import annotations
@@ -34,23 +36,39 @@ def render_text(fields: dict, source: SourceConfig) -> str:
     if source.template == "format":
         return _render_format(fields, source.format_string or "")
     if source.template == "plain":
-        return _text(fields, _field(fields, source, "text"))
+        return _render_plain(fields, source)
     if source.template == "qa":
-        question = _text(fields, _field(fields, source, "question"))
-        return f"{question}\n{_text(fields, _field(fields, source, 'answer'))}"
+        return _render_qa(fields, source)
     if source.template == "medical_csv":
         parts = [_text(fields, _field(fields, source, slot)) for slot in ("title", "ask", "answer")]
         return "\n".join(p for p in parts if p)
     return _render_dialogue(fields[_field(fields, source, "turns")], source.roles)
 
 
-def _field(fields: dict, source: SourceConfig, slot: str) -> str:
+def _render_plain(fields: dict, source: SourceConfig) -> str:
+    has_text = "text" in source.fields or _has_default(fields, "plain", "text")
+    if not has_text and all(_has_default(fields, "qa", slot) for slot in ("question", "answer")):
+        return _render_qa(fields, source)
+    return _text(fields, _field(fields, source, "text"))
+
+
+def _render_qa(fields: dict, source: SourceConfig) -> str:
+    question = _text(fields, _field(fields, source, "question", "qa"))
+    return f"{question}\n{_text(fields, _field(fields, source, 'answer', 'qa'))}"
+
+
+def _has_default(fields: dict, template: str, slot: str) -> bool:
+    return any(name in fields for name in DEFAULT_FIELDS[template][slot])
+
+
+def _field(fields: dict, source: SourceConfig, slot: str, template: str | None = None) -> str:
+    """The record's field for `slot`: the mapped one, else the first of `template`'s defaults present."""
     if slot in source.fields:
         name = source.fields[slot]
         if name not in fields:
             raise RecordError(f"missing field '{name}' (mapped from {slot}); record has {sorted(fields)[:8]}")
         return name
-    candidates = DEFAULT_FIELDS[source.template][slot]
+    candidates = DEFAULT_FIELDS[template or source.template][slot]
     for name in candidates:
         if name in fields:
             return name
