@@ -69,7 +69,7 @@ def test_sft_datasets_follow_the_same_source_rules(tmp_path):
     path = tmp_path / "sft.yaml"
     path.write_text("tokenizer: tok\noutput_dir: out\nsources:\n  - path: a.jsonl\n  - path: [b.json]\n")
     cfg = load_config(SFTDataConfig, path)
-    assert [(s.name, s.path, s.weight) for s in cfg.sources] == [("a", ["a.jsonl"], 1.0), ("b", ["b.json"], 1.0)]
+    assert [(s.name, s.path, s.weight) for s in cfg.sources] == [("a", ["a.jsonl"], None), ("b", ["b.json"], None)]
     with pytest.raises(ConfigError, match="names must be unique"):
         load_config(SFTDataConfig, path, ["sources.1.name=a"])
     with pytest.raises(ConfigError, match=r"sources\.0\.format: Input should be 'jsonl'"):
