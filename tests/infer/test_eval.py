@@ -104,14 +104,14 @@ def test_perplexity_equals_exp_of_the_mean_token_loss_computed_with_transformers
     import torch
     import transformers
 
-    from lmforge.data.sources import iter_source_texts
+    from lmforge.data.sources import LocalSources
 
     report = json.loads((eval_run[1] / "report.json").read_text())
     cfg = eval_run[2]
     for model in cfg.models:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model.path)
         hf = transformers.AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32).eval()
-        texts = list(iter_source_texts(cfg.perplexity.sources, limit=cfg.perplexity.max_documents))
+        texts = list(LocalSources.survey(cfg.perplexity.sources).texts(cfg.perplexity.max_documents))
         encode = tokenizer.backend_tokenizer.encode
         windows = perplexity_windows(texts, lambda t: encode(t, add_special_tokens=False).ids,  # noqa: B023
                                      tokenizer.eos_token_id, cfg.perplexity.window)

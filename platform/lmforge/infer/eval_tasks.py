@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lmforge.config.infer import MultipleChoiceTaskConfig, OpenQATaskConfig, PerplexityTaskConfig
 from lmforge.data.readers import read_chunk
-from lmforge.data.sources import iter_source_texts
+from lmforge.data.sources import LocalSources
 from lmforge.data.survey import survey_file
 from lmforge.infer.parsers import first_choice_letter
 
@@ -39,7 +39,7 @@ def perplexity_windows(texts: list[str], encode: Encode, eos_id: int, window: in
 
 
 def perplexity_requests(task: PerplexityTaskConfig, encode: Encode, eos_id: int) -> list[dict]:
-    texts = list(iter_source_texts(task.sources, limit=task.max_documents))
+    texts = list(LocalSources.survey(task.sources).texts(task.max_documents))
     return [{"id": f"ppl:{i}", "prompt_ids": ids, "max_tokens": 1, "score_from": 1}
             for i, ids in enumerate(perplexity_windows(texts, encode, eos_id, task.window))]
 
