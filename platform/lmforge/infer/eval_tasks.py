@@ -3,7 +3,7 @@
     perplexity        documents + EOS, cut into windows of `window` tokens; every token but a window's
                       first is scored: ppl = exp(-sum log p / scored tokens)
     multiple choice   a few-shot prompt per question; (1) each option's continuation ('{letter}') scored by
-                      log-likelihood, the best is the answer; (2) a short generation, its first A-D letter
+                      log-likelihood, the best is the answer; (2) a short generation, the option it names
     open QA           a case description and a question -> an answer, saved beside the reference
 
 Request ids say which task, item and option a result belongs to: "ppl:3:0", "mcq:cmexam:12:B",
@@ -21,7 +21,7 @@ from lmforge.config.infer import MultipleChoiceTaskConfig, OpenQATaskConfig, Per
 from lmforge.data.readers import read_chunk
 from lmforge.data.sources import LocalSources
 from lmforge.data.survey import survey_file
-from lmforge.infer.parsers import first_choice_letter
+from lmforge.infer.parsers import parse_choice
 
 LETTERS = ("A", "B", "C", "D")
 Encode = Callable[[str], list[int]]
@@ -105,7 +105,7 @@ def mcq_requests(task: MultipleChoiceTaskConfig, questions: list[dict], dev: lis
 
 def score_multiple_choice(questions: list[dict], loglik: dict[tuple[int, str], float],
                           generated: dict[int, str]) -> dict:
-    """Accuracy by option log-likelihood (argmax; ties: first) and by the generated letter.
+    """Accuracy by option log-likelihood (argmax; ties: first) and by the option the generation names.
 
     `loglik[(question index, letter)]` (NaN: not scored), `generated[question index]` the generated text."""
     by_loglik = by_generation = unscored = no_letter = 0
@@ -115,7 +115,7 @@ def score_multiple_choice(questions: list[dict], loglik: dict[tuple[int, str], f
             unscored += 1
         elif LETTERS[scores.index(max(scores))] == question["answer"]:
             by_loglik += 1
-        letter = first_choice_letter(generated.get(i, ""))
+        letter = parse_choice(generated.get(i, ""), {L: question[L] for L in LETTERS})
         no_letter += letter is None
         by_generation += letter == question["answer"]
     n = len(questions)
