@@ -60,7 +60,7 @@ STAGES = {
     "synth": Stage(SynthConfig, "lmforge.infer.synth:run_synth",
                    "Synthetic SFT data (QA from passages, polite refusals, multi-turn) for prepare-sft."),
     "eval": Stage(EvalConfig, "lmforge.infer.evaluate:run_eval",
-                  "Perplexity, multiple choice and open QA of several models; report.json + report.md."),
+                  "Perplexity, multiple choice and open QA of several models; report.json + report.md + predictions.jsonl."),
     "pipeline": Stage(PipelineConfig, "lmforge.pipeline:run_pipeline",
                       "Stages in order in one process (one Ray), each skipped when its output is up to date."),
 }

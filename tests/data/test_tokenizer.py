@@ -1,9 +1,15 @@
-"""The trained tokenizer loads with AutoTokenizer, round-trips Chinese and renders the classic chat."""
+"""The trained tokenizer loads with AutoTokenizer, round-trips Chinese and renders the classic chat;
+its manifest lists every input file."""
+
+import hashlib
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from lmforge.data.tokenizer import tokenizer_identity
+from lmforge.config import SourceConfig, TokenizerTrainConfig
+from lmforge.data.tokenizer import tokenizer_identity, train_tokenizer
+from lmforge.manifest import Manifest
 
 
 def test_tokenizer_round_trips_chinese_and_english(tiny_tokenizer):
@@ -42,3 +48,25 @@ def test_classic_template_refuses_an_unknown_role(tiny_tokenizer):
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
     with pytest.raises(Exception, match="unknown role bot"):
         tokenizer.apply_chat_template([{"role": "bot", "content": "hi"}], tokenize=False)
+
+
+def test_the_manifest_lists_each_input_file_with_its_checksum(tiny_tokenizer, shared_data):
+    inputs = Manifest.read(tiny_tokenizer).inputs
+    fever = shared_data / "pretrain" / "fever.txt"
+    assert [Path(i["path"]).name for i in inputs] == ["fever.txt", "c4_demo.jsonl", "wiki_demo.txt"]
+    assert inputs[0] == {"source": "fever", "path": str(fever.resolve()), "size": fever.stat().st_size,
+                         "sha256": hashlib.sha256(fever.read_bytes()).hexdigest(), "encoding": "utf-8",
+                         "format": "text", "chunks": 1}
+    assert inputs[1]["format"] == "jsonl"
+
+
+def test_an_unreadable_file_is_reported_and_the_others_still_train(tmp_path):
+    (tmp_path / "good.txt").write_text("发热是常见症状。\nFever is common.\n" * 20, encoding="utf-8")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    manifest = train_tokenizer(TokenizerTrainConfig(
+        sources=[SourceConfig(path=str(tmp_path / "good.txt")), SourceConfig(path=str(tmp_path / "broken.parquet"))],
+        output_dir=str(tmp_path / "out"), vocab_size=300,
+    ))
+    assert manifest.counts["unreadable_files"] == 1 and manifest.counts["documents"] == 40
+    assert "sha256" in manifest.inputs[0]
+    assert manifest.inputs[1]["error"].startswith(f"cannot read {tmp_path / 'broken.parquet'} as parquet")

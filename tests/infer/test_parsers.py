@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.infer.parsers import Unparsed, first_choice_letter, parse_dialogue, parse_qa_pairs
+from lmforge.infer.parsers import Unparsed, parse_choice, parse_dialogue, parse_qa_pairs
 
 
 def test_numbered_questions_pair_with_their_answers():
@@ -55,7 +55,38 @@ def test_dialogue_without_an_exchange_is_unparsed(garbage):
         parse_dialogue(garbage)
 
 
-@pytest.mark.parametrize(("text", "letter"), [("B", "B"), (" C。", "C"), ("答案:D", "D"), ("选A,因为", "A"),
-                                              ("ABC", None), ("不知道", None), ("Because", None)])
-def test_first_choice_letter_takes_a_standalone_letter(text, letter):
-    assert first_choice_letter(text) == letter
+OPTIONS = {"A": "发热", "B": "咳嗽。", "C": "Headache", "D": "B超检查"}
+
+
+@pytest.mark.parametrize(("text", "letter"), [
+    ("A", "A"), (" C。", "C"), ("B\n因为咳嗽是主要症状", "B"), ("D\nBecause it is the test", "D"),
+    ("(A)", "A"), ("（B）", "B"), ("【C】", "C"), ("[d] headache", "D"),
+    ("A.", "A"), ("A. 发热", "A"), ("B、咳嗽", "B"), ("C:", "C"), ("D)", "D"), ("A,因为", "A"), ("B 咳嗽", "B"),
+    ("Ａ", "A"), ("b) cough", "B"), ("c. headache", "C"),
+    ("答案：A", "A"), ("答案:B", "B"), ("答案是C", "C"), ("答案为 D。", "D"), ("答案应该是（B）", "B"),
+    ("选A", "A"), ("选A,因为", "A"), ("选择 B", "B"), ("正确答案为C", "C"), ("故正确选项为D", "D"),
+    ("根据症状，答案是A。", "A"), ("The answer is D", "D"), ("the answer is (b)", "B"), ("Answer: C", "C"),
+    ("发热", "A"), ("咳嗽", "B"), ("咳嗽。多见于上呼吸道感染", "B"), ("Headache and nausea", "C"),
+    ("B超检查", "D"), ("A发热", "A"), ("D B超检查", "D"),
+], ids=repr)
+def test_parse_choice_reads_the_common_answer_shapes(text, letter):
+    assert parse_choice(text, OPTIONS) == letter
+
+
+@pytest.mark.parametrize("text", [
+    "", "不知道", "ABC", "A patient with fever", "As the question says", "Because", "B超显示肝脏正常",
+    "维生素B12缺乏", "CT检查", "D-二聚体升高", "乙肝病毒(HBV)", "The answer is a fever", "答案是E", "选择题",
+    "I think so", "a patient", "头痛",
+], ids=repr)
+def test_parse_choice_finds_no_option_in_text_that_only_contains_letters(text):
+    assert parse_choice(text, OPTIONS) is None
+
+
+def test_parse_choice_takes_only_the_options_it_was_given():
+    assert parse_choice("E", {"A": "", "B": "", "C": "", "D": "", "E": ""}) == "E"
+    assert parse_choice("E", {"A": "", "B": ""}) is None
+
+
+def test_parse_choice_prefers_the_longest_option_text_and_refuses_a_tie():
+    assert parse_choice("是的，需要", {"A": "是", "B": "是的", "C": "否", "D": "不"}) == "B"
+    assert parse_choice("发热", {"A": "发热", "B": "发热", "C": "咳嗽", "D": "头痛"}) is None

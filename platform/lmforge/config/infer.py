@@ -168,7 +168,9 @@ class MultipleChoiceTaskConfig(StrictModel):
                                    description="One question with its options; {question} and the option letters are filled in.")
     continuation: str = Field("{letter}", description="What is scored per option: '{letter}' or '{text}', ...")
     chat: bool = Field(False, description="Wrap the prompt in the model's chat template (for chat models).")
-    generate_max_tokens: int = Field(8, ge=1, description="Tokens generated for the letter-by-generation score.")
+    generate_max_tokens: int = Field(
+        8, ge=1, description="Tokens generated for the by-generation score; raise it for a model that answers "
+                             "with the option's text, which counts only when whole.")
     max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
 
 
@@ -186,7 +188,7 @@ class EvalConfig(StrictModel):
     """`lmforge eval`: perplexity, multiple choice and open QA of several models, side by side."""
 
     models: list[EvalModelConfig] = Field(description="Model directories to compare (e.g. base and SFT).")
-    output_dir: str = Field(description="Where report.json, report.md, open_qa.jsonl and manifest.json go.")
+    output_dir: str = Field(description="Where report.json, report.md, predictions.jsonl, open_qa.jsonl and manifest.json go.")
     perplexity: PerplexityTaskConfig | None = None
     multiple_choice: list[MultipleChoiceTaskConfig] = Field(default_factory=list)
     open_qa: OpenQATaskConfig | None = None

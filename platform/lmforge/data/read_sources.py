@@ -21,7 +21,7 @@ import ray
 import ray.data
 from ray.data.expressions import col
 
-from lmforge.config import PretrainDataConfig, SFTDataConfig, SFTSourceConfig
+from lmforge.config import PretrainDataConfig, SFTDataConfig
 from lmforge.data.accounting import (
     reconcile_counts,
     removed_by_source,
@@ -31,7 +31,14 @@ from lmforge.data.accounting import (
 )
 from lmforge.data.dedup_dataset import DuplicateReport, find_duplicates
 from lmforge.data.mixing import mixture_warnings
-from lmforge.data.sources import POSITION_BITS, PlannedChunk, SourceFile, plan_chunks, survey_source_file
+from lmforge.data.sources import (
+    POSITION_BITS,
+    PlannedChunk,
+    SourceFile,
+    input_record,
+    plan_chunks,
+    survey_source_file,
+)
 from lmforge.data.survey import FileSurvey
 from lmforge.data.tokenizer import tokenizer_identity
 from lmforge.manifest import Manifest
@@ -113,8 +120,9 @@ class SourceRecords:
         manifest = Manifest(
             stage=stage,
             config=self.cfg.model_dump(),
-            inputs=[_input_record(f, s) for f, s in zip(self.files, self.surveys)],
-            outputs={"dir": str(Path(self.cfg.output_dir).resolve()), **outputs, "tokenizer": tokenizer_identity(self.cfg.tokenizer),
+            inputs=[input_record(f, s) for f, s in zip(self.files, self.surveys)],
+            outputs={"dir": str(Path(self.cfg.output_dir).resolve()), **outputs,
+                     "tokenizer": tokenizer_identity(self.cfg.tokenizer),
                      "quarantine": QUARANTINE, "dedup_clusters": DEDUP_CLUSTERS},
             counts=counts,
         )
@@ -167,15 +175,3 @@ def _chunk_rows(batch: dict, chunks: list[PlannedChunk], rows_of_chunk: RowsOfCh
     rows = [row for i in batch["chunk"] for row in rows_of_chunk(chunks[int(i)])]
     return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
 
-
-def _input_record(file: SourceFile, survey: FileSurvey | str) -> dict:
-    record = {"source": file.source.name, "path": str(Path(file.path).resolve())}
-    if isinstance(file.source, SFTSourceConfig):
-        record["record_format"] = file.source.record_format  # as detected for this file
-    if isinstance(survey, str):
-        return record | {"error": survey}
-    shape = {"text_unit": survey.text_unit} if survey.text_unit else {}
-    if survey.detected:  # what the file's content decided, e.g. "JSON Lines in a text file"
-        shape["detected"] = survey.detected
-    return record | {"size": survey.size, "sha256": survey.sha256, "encoding": survey.encoding,
-                     "format": survey.format, **shape, "chunks": len(survey.chunks)}

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import ConfigError, SourceConfig
+from lmforge.config import ConfigError, SFTSourceConfig, SourceConfig
 from lmforge.data.readers import read_chunk
 from lmforge.data.survey import FileChunk, FileSurvey, UnreadableFile, infer_format, survey_file
 from lmforge.data.templates import RecordError, render_text
 
 POSITION_BITS = 40
 RAW_EXCERPT = 300
+LOCAL_CHUNK_BYTES = 64 * 1024**2  # chunks read in this process (no workers to share them with)
 
 
 @dataclass(frozen=True)
@@ -120,17 +121,48 @@ def read_records(planned: PlannedChunk, convert: Callable[[dict, Any], str] = re
         yield row
 
 
-def iter_source_texts(
-    sources: list[SourceConfig], limit: int | None = None, survey: Callable = survey_source_file
-) -> Iterator[str]:
-    """Texts of all sources in corpus order, in this process (for small jobs such as tokenizer training)."""
-    files = list_source_files(sources)
-    surveys = [survey(f, 64 * 1024**2) for f in files]
-    emitted = 0
-    for planned in plan_chunks(files, surveys):
-        for row in read_records(planned):
-            if row["text"]:
-                yield row["text"]
-                emitted += 1
-                if limit is not None and emitted >= limit:
-                    return
+def input_record(file: SourceFile, survey: FileSurvey | str) -> dict:
+    """A manifest's entry for one input file: source, resolved path, then size, sha256, encoding, format
+    and chunks, or `error` (why the file could not be read)."""
+    record = {"source": file.source.name, "path": str(Path(file.path).resolve())}
+    if isinstance(file.source, SFTSourceConfig):
+        record["record_format"] = file.source.record_format  # as detected for this file
+    if isinstance(survey, str):
+        return record | {"error": survey}
+    shape = {"text_unit": survey.text_unit} if survey.text_unit else {}
+    if survey.detected:  # what the file's content decided, e.g. "JSON Lines in a text file"
+        shape["detected"] = survey.detected
+    return record | {"size": survey.size, "sha256": survey.sha256, "encoding": survey.encoding,
+                     "format": survey.format, **shape, "chunks": len(survey.chunks)}
+
+
+@dataclass(frozen=True)
+class LocalSources:
+    """The files of some sources, surveyed in this process (for small jobs: tokenizer training, eval texts)."""
+
+    files: list[SourceFile]
+    surveys: list[FileSurvey | str]  # a string: why the file could not be read at all
+
+    @classmethod
+    def survey(cls, sources: list[SourceConfig]) -> LocalSources:
+        files = list_source_files(sources)
+        return cls(files, [survey_source_file(f, LOCAL_CHUNK_BYTES) for f in files])
+
+    def texts(self, limit: int | None = None) -> Iterator[str]:
+        """Non-empty texts in corpus order, at most `limit`; unreadable files and records are skipped."""
+        emitted = 0
+        for planned in plan_chunks(self.files, self.surveys):
+            for row in read_records(planned):
+                if row["text"]:
+                    yield row["text"]
+                    emitted += 1
+                    if limit is not None and emitted >= limit:
+                        return
+
+    def inputs(self) -> list[dict]:
+        """The manifest's `inputs`: one input_record per file."""
+        return [input_record(f, s) for f, s in zip(self.files, self.surveys)]
+
+    def unreadable(self) -> list[str]:
+        return [s for s in self.surveys if isinstance(s, str)]
+

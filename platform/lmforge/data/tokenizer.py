@@ -7,15 +7,18 @@ configs at a local model directory instead.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmforge.config import TokenizerTrainConfig
-from lmforge.data.sources import iter_source_texts
+from lmforge.data.sources import LocalSources
 from lmforge.data.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 # The original recipe's format: "User: q</s>\n Assistant: a</s>\n User: ..." (a space after the
 # newline and after each colon); the generation prompt is "\n Assistant: ". A tool's result is
@@ -41,7 +44,9 @@ CLASSIC_CHAT_TEMPLATE = (
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig) -> Manifest:
-    """Learn a byte-level BPE vocabulary from the sources and save it to `cfg.output_dir`."""
+    """Learn a byte-level BPE vocabulary from the sources and save it to `cfg.output_dir`.
+
+    The manifest lists every input file (size, sha256, encoding, format, or why it could not be read)."""
     from transformers import PreTrainedTokenizerFast  # slow to import: kept out of Ray workers' imports
 
     specials = [cfg.unk_token, cfg.bos_token, cfg.eos_token, cfg.pad_token]
@@ -55,10 +60,14 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Manifest:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    counter = _Counter(iter_source_texts(cfg.sources, limit=cfg.max_documents))
+    sources = LocalSources.survey(cfg.sources)
+    for reason in sources.unreadable():
+        log.warning("train-tokenizer: skipped a file: %s", reason)
+    counter = _Counter(sources.texts(limit=cfg.max_documents))
     bpe.train_from_iterator(counter, trainer=trainer)
     if counter.count == 0:
-        raise ValueError(f"train-tokenizer: the sources {[s.name for s in cfg.sources]} gave no text")
+        raise ValueError(f"train-tokenizer: the sources {[s.name for s in cfg.sources]} gave no text"
+                         + "".join(f"; {reason}" for reason in sources.unreadable()))
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
@@ -75,8 +84,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Manifest:
     manifest = Manifest(
         stage="train-tokenizer",
         config=cfg.model_dump(),
+        inputs=sources.inputs(),
         outputs={"tokenizer_dir": str(out.resolve())},
-        counts={"documents": counter.count, "vocab_size": len(tokenizer)},
+        counts={"documents": counter.count, "unreadable_files": len(sources.unreadable()),
+                "vocab_size": len(tokenizer)},
     )
     manifest.write(out)
     return manifest

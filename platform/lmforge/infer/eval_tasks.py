@@ -3,7 +3,8 @@
     perplexity        documents + EOS, cut into windows of `window` tokens; every token but a window's
                       first is scored: ppl = exp(-sum log p / scored tokens)
     multiple choice   a few-shot prompt per question; (1) each option's continuation ('{letter}') scored by
-                      log-likelihood, the best is the answer; (2) a short generation, its first A-D letter
+                      log-likelihood, the best is the answer; (2) a short generation, the option parsed from
+                      it (parsers.parse_choice); per question a record of both (evaluate: predictions.jsonl)
     open QA           a case description and a question -> an answer, saved beside the reference
 
 Request ids say which task, item and option a result belongs to: "ppl:3:0", "mcq:cmexam:12:B",
@@ -19,9 +20,8 @@ from pathlib import Path
 
 from lmforge.config.infer import MultipleChoiceTaskConfig, OpenQATaskConfig, PerplexityTaskConfig
 from lmforge.data.readers import read_chunk
-from lmforge.data.sources import iter_source_texts
 from lmforge.data.survey import survey_file
-from lmforge.infer.parsers import first_choice_letter
+from lmforge.infer.parsers import parse_choice
 
 LETTERS = ("A", "B", "C", "D")
 Encode = Callable[[str], list[int]]
@@ -38,8 +38,7 @@ def perplexity_windows(texts: list[str], encode: Encode, eos_id: int, window: in
     return windows
 
 
-def perplexity_requests(task: PerplexityTaskConfig, encode: Encode, eos_id: int) -> list[dict]:
-    texts = list(iter_source_texts(task.sources, limit=task.max_documents))
+def perplexity_requests(task: PerplexityTaskConfig, texts: list[str], encode: Encode, eos_id: int) -> list[dict]:
     return [{"id": f"ppl:{i}", "prompt_ids": ids, "max_tokens": 1, "score_from": 1}
             for i, ids in enumerate(perplexity_windows(texts, encode, eos_id, task.window))]
 
@@ -57,7 +56,8 @@ def perplexity_metrics(requests: list[dict], results: dict[str, dict]) -> dict:
 # --- multiple choice -----------------------------------------------------------------------------
 
 def load_questions(path: str, limit: int | None = None) -> list[dict]:
-    """Rows with question, A, B, C, D, answer (column names in any case); ValueError names file and line."""
+    """Rows with question, A, B, C, D, answer, and id if the file has one (column names in any case);
+    ValueError names file and line."""
     survey = survey_file(path, None)
     questions = []
     for chunk in survey.chunks:
@@ -72,7 +72,8 @@ def load_questions(path: str, limit: int | None = None) -> list[dict]:
             if answer not in LETTERS:
                 raise ValueError(f"{path}:{record.line}: Answer {fields['answer']!r} is not one of A, B, C, D")
             questions.append({"question": str(fields["question"]).strip(), "answer": answer,
-                              **{letter: str(fields[letter.lower()]).strip() for letter in LETTERS}})
+                              **{letter: str(fields[letter.lower()]).strip() for letter in LETTERS},
+                              **({"id": fields["id"]} if "id" in fields else {})})
             if limit is not None and len(questions) >= limit:
                 return questions
     return questions
@@ -103,33 +104,47 @@ def mcq_requests(task: MultipleChoiceTaskConfig, questions: list[dict], dev: lis
     return requests
 
 
-def score_multiple_choice(questions: list[dict], loglik: dict[tuple[int, str], float],
-                          generated: dict[int, str]) -> dict:
-    """Accuracy by option log-likelihood (argmax; ties: first) and by the generated letter.
+def judge_answers(questions: list[dict], loglik: dict[tuple[int, str], float], generated: dict[int, str]) -> list[dict]:
+    """One record per question: how each method answered it and whether that was right.
 
-    `loglik[(question index, letter)]` (NaN: not scored), `generated[question index]` the generated text."""
-    by_loglik = by_generation = unscored = no_letter = 0
+    `loglik[(question index, letter)]` (NaN: not scored), `generated[question index]` the generated text.
+    By log-likelihood the best option wins (ties: the first; none when an option is unscored); by
+    generation, the option parse_choice finds in the text (none when it finds none)."""
+    judged = []
     for i, question in enumerate(questions):
-        scores = [loglik.get((i, L), math.nan) for L in LETTERS]
-        if any(math.isnan(s) for s in scores):
-            unscored += 1
-        elif LETTERS[scores.index(max(scores))] == question["answer"]:
-            by_loglik += 1
-        letter = first_choice_letter(generated.get(i, ""))
-        no_letter += letter is None
-        by_generation += letter == question["answer"]
-    n = len(questions)
-    return {"questions": n, "accuracy_loglik": round(by_loglik / n, 4) if n else None,
-            "accuracy_generated": round(by_generation / n, 4) if n else None,
-            "unscored": unscored, "no_letter_generated": no_letter}
+        scores = {L: loglik.get((i, L), math.nan) for L in LETTERS}
+        by_loglik = None if any(math.isnan(v) for v in scores.values()) else max(LETTERS, key=scores.__getitem__)
+        text = generated.get(i, "")
+        by_generation = parse_choice(text, {L: question[L] for L in LETTERS})
+        judged.append({
+            "question_id": question.get("id", i), "question": question["question"], "answer": question["answer"],
+            "loglik": {L: None if math.isnan(v) else round(v, 6) for L, v in scores.items()},
+            "choice_loglik": by_loglik, "correct_loglik": by_loglik == question["answer"],
+            "generated": text, "choice_generated": by_generation, "correct_generated": by_generation == question["answer"],
+        })
+    return judged
 
 
-def mcq_metrics(task: MultipleChoiceTaskConfig, questions: list[dict], results: dict[str, dict]) -> dict:
+def score_multiple_choice(judged: list[dict]) -> dict:
+    """Accuracy of both methods over judge_answers' records, and how many questions each could not answer."""
+    n = len(judged)
+    return {"questions": n,
+            "accuracy_loglik": round(sum(j["correct_loglik"] for j in judged) / n, 4) if n else None,
+            "accuracy_generated": round(sum(j["correct_generated"] for j in judged) / n, 4) if n else None,
+            "unscored": sum(j["choice_loglik"] is None for j in judged),
+            "unparsed_generations": sum(j["choice_generated"] is None for j in judged)}
+
+
+def judge_multiple_choice(task: MultipleChoiceTaskConfig, questions: list[dict], results: dict[str, dict]) -> list[dict]:
+    """judge_answers on the engine's results, each record with the errors of its requests (normally none)."""
     base = f"mcq:{task.name}"
     loglik = {(i, L): (math.nan if results[f"{base}:{i}:{L}"]["error"] else results[f"{base}:{i}:{L}"]["logprob"])
               for i in range(len(questions)) for L in LETTERS}
     generated = {i: results[f"{base}:{i}:gen"]["text"] for i in range(len(questions))}
-    return score_multiple_choice(questions, loglik, generated)
+    judged = judge_answers(questions, loglik, generated)
+    for i, record in enumerate(judged):
+        record["errors"] = [e for e in (results[f"{base}:{i}:{part}"]["error"] for part in (*LETTERS, "gen")) if e]
+    return judged
 
 
 # --- open QA -------------------------------------------------------------------------------------

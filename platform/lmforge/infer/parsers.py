@@ -1,16 +1,19 @@
-"""Read a model's free text back into structure: QA pairs, dialogue turns, a chosen letter.
+"""Read a model's free text back into structure: QA pairs, dialogue turns, a chosen option.
 
-Each parser returns what it found or raises `Unparsed` with a short reason; the synth job puts such
-records in quarantine with the raw text, so nothing is dropped silently.
+The QA and dialogue parsers return what they found or raise `Unparsed` with a short reason; the
+synth job puts such records in quarantine with the raw text, so nothing is dropped silently.
+`parse_choice` returns None instead; eval counts those answers.
 
     parse_qa_pairs("问题1:什么是疟疾?\\n答案1:由疟原虫引起的传染病。")  -> [("什么是疟疾?", "由疟原虫...")]
     parse_dialogue("患者:要吃药吗?\\n医生:需要。")                      -> [("user", ...), ("assistant", ...)]
-    first_choice_letter("答案是 B。")                                    -> "B"
+    parse_choice("答案是 B。", {"A": "发热", "B": "咳嗽"})                -> "B"
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Mapping
 
 # "问题1:", "问题 2：", "问1.", "Q1:", "1. 问题:"; the number is optional, the colon (or 、/.) is not.
 _QA_MARKER = re.compile(
@@ -22,7 +25,18 @@ _SPEAKERS = {"患者": "user", "病人": "user", "用户": "user", "user": "user
              "医生": "assistant", "助手": "assistant", "assistant": "assistant"}
 _SPEAKER_LINE = re.compile(r"^[ \t]*(?P<speaker>患者|病人|用户|医生|助手|User|Assistant)[ \t]*[:：]",
                            re.IGNORECASE | re.MULTILINE)
-_LETTER = re.compile(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])")
+# After NFKC: "（Ａ）" is "(A)", "：" is ":", "，" is ",". "。" and "、" stay.
+_DELIMITER = r"[.、:,。;!?)\]】]"
+_LETTER_AT_START = re.compile(
+    r"^(?:[(\[【]\s*([A-Za-z])\s*[)\]】]"  # (A) [a] 【B】
+    rf"|([A-Z])(?=$|{_DELIMITER}|\s*\n|\s+[^A-Za-z\s])"  # A / A. / A、/ "A 发热", not "A patient"
+    r"|([a-z])(?=[).、]))"  # b) a.
+)
+_LETTER_AFTER_CUE = re.compile(
+    r"(?:正确答案|答案|选择|选项|选|(?i:the\s+answer\s+is|answer\s+is|answer|option|choice))"
+    r"[\s:是为应该]*"
+    r"(?:[(\[【]\s*([A-Za-z])\s*[)\]】]|([A-Z])(?![A-Za-z0-9]))"
+)
 
 
 class Unparsed(ValueError):
@@ -71,7 +85,31 @@ def parse_dialogue(text: str) -> list[tuple[str, str]]:
     return turns
 
 
-def first_choice_letter(text: str) -> str | None:
-    """The first standalone A-D in a generated answer ('B', '答案:C', '选D。'), or None."""
-    found = _LETTER.search(text)
-    return found.group(1) if found else None
+def parse_choice(text: str, options: Mapping[str, str]) -> str | None:
+    """The option (a key of `options`, e.g. "A"-"D" -> option text) that a generated answer chose, or None.
+
+    Tried in order, on the NFKC form (full-width brackets and colons become ASCII):
+      a letter at the start, alone or before a delimiter   A | (A) | A. | A、 | b) | "A 发热"
+      a letter after an answer cue, anywhere               答案：A | 答案是A | 选A | 选择 B | The answer is D
+      the text of one option at the start                 发热。 (option A "发热")
+    A letter that is part of a word is not a choice: "A patient ...", "As ...", "B超", "维生素B12".
+    """
+    text = unicodedata.normalize("NFKC", text).strip()
+    for pattern in (_LETTER_AT_START, _LETTER_AFTER_CUE):
+        for found in pattern.finditer(text):
+            letter = next(g for g in found.groups() if g).upper()
+            if letter in options:
+                return letter
+    return _option_by_text(text, options)
+
+
+def _option_by_text(text: str, options: Mapping[str, str]) -> str | None:
+    """The option whose text the answer starts with, after an optional own letter ("A. 发热"); the longest wins."""
+    matches = {}
+    for letter, option in options.items():
+        option = unicodedata.normalize("NFKC", option).strip().rstrip("。.!！")
+        if option and re.match(rf"(?:{re.escape(letter)}[.、:)]?\s*)?{re.escape(option)}", text):
+            matches[letter] = len(option)
+    longest = max(matches.values(), default=0)
+    best = [letter for letter, length in matches.items() if length == longest]
+    return best[0] if len(best) == 1 else None  # two options with the same text: no choice

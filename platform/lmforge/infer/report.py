@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+PREDICTIONS = "predictions.jsonl"
 _TASK_TITLES = {"perplexity": "Perplexity (held-out text; lower is better)",
                 "open_qa": "Open QA (answers side by side in open_qa.jsonl)"}
 
@@ -20,6 +21,9 @@ def write_report(out: Path, models: list[dict], metrics: dict[str, dict[str, dic
 def render_markdown(models: list[dict], metrics: dict[str, dict[str, dict]]) -> str:
     lines = ["# Evaluation report", "", "| model | path |", "|---|---|"]
     lines += [f"| {m['name']} | {m['path']} |" for m in models]
+    if any(task.startswith("multiple_choice/") for task in metrics):
+        lines += ["", (f"Per question and model (each option's log-likelihood, the generated text, the option "
+                       f"parsed from it, the gold answer): `{PREDICTIONS}`.")]
     for task, by_model in metrics.items():
         title = _TASK_TITLES.get(task) or f"Multiple choice: {task.split('/', 1)[-1]} (higher is better)"
         columns = list(next(iter(by_model.values())).keys())
