@@ -221,3 +221,68 @@ def test_a_bad_record_format_reaches_the_user_as_one_clean_message(tiny_tokenize
             f" line 1: missing field 'instruction'") in result.stderr
     assert "Traceback" not in result.stderr and "RayTaskError" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- file shapes, end to end ----------------------------------------------------------------------
+
+QUESTIONS = ["高血压患者每天能吃多少盐？", "糖尿病人早餐吃什么好", "孩子夜里咳嗽不停怎么办", "胃炎发作时能喝牛奶吗",
+             "偏头痛和颈椎病有关系吗", "贫血的人适合跑步吗", "痛风急性期可以喝啤酒吗", "湿疹反复发作要忌口吗",
+             "鼻炎喷雾可以长期用吗", "失眠一个月需要吃安眠药吗", "便秘老人每天喝多少水", "结膜炎会传染给家人吗",
+             "扁桃体发炎要打针吗"]
+
+
+def _alpaca(i: int) -> dict:  # questions distinct enough that MinHash does not call two of them near duplicates
+    return {"instruction": QUESTIONS[i], "input": "", "output": f"关于这个问题（{i}），请遵医嘱。"}
+
+
+@pytest.fixture(scope="module")
+def sft_shapes(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sft-shapes")
+    one_line = [_alpaca(i) for i in range(6)] + [_alpaca(0), _alpaca(3)]  # two copies inside the file
+    (root / "one_line.json").write_text(json.dumps(one_line, ensure_ascii=False), encoding="utf-8")
+    (root / "objects.json").write_text("".join(json.dumps(_alpaca(10 + i), ensure_ascii=False, indent=2) + "\n"
+                                               for i in range(3)), encoding="utf-8")
+    _jsonl(root / "chatglm2.jsonl", [{"prompt": "那要吃药吗？", "response": "遵医嘱服药。",
+                                      "history": [["血压有点高怎么办？", "先复查一次。"]]}])
+    _jsonl(root / "qa_lines.txt", [{"问": "胃痛吃什么？", "答": "清淡饮食。"}, {"问": "牙疼怎么办？", "答": "看牙医。"}])
+    _jsonl(root / "marked.jsonl", [{"instruction": "患者：我咳嗽三天了\n医生：有没有发烧？\n患者：没有\n医生：",
+                                    "input": "", "output": "多喝水，观察两天。"}])
+    return {path.stem: path for path in root.iterdir()}
+
+
+def test_prepare_sft_reads_every_shape_users_have(ray_local, tiny_tokenizer, sft_shapes, tmp_path):
+    sources = [{"name": name, "path": str(path)} for name, path in sft_shapes.items()]
+    sources[[s["name"] for s in sources].index("one_line")]["weight"] = 0.1  # sampled below 1x
+    for source in sources:
+        source.setdefault("weight", 1.0)
+    manifest = run_prepare_sft(_sft_config(tiny_tokenizer, tmp_path / "out", sources))
+    rows = manifest.counts["sources"]
+    assert {n: rows[n]["read"] for n in rows} == {"one_line": 8, "objects": 3, "chatglm2": 1, "qa_lines": 2, "marked": 1}
+    assert rows["one_line"]["exact_duplicates"] == 2 and rows["one_line"]["kept_documents"] == 6
+    assert rows["one_line"]["mix_factor"] < 1 and manifest.counts["total"]["output_documents"] > 0
+    assert all(row["quarantined"] == 0 and row["kept_documents"] > 0 for row in rows.values())
+    inputs = {i["source"]: i for i in manifest.inputs}
+    assert inputs["objects"]["format"] == "json_objects" and inputs["qa_lines"]["format"] == "jsonl"
+    assert inputs["qa_lines"]["record_format"] == "qa" and inputs["chatglm2"]["record_format"] == "chatglm2"
+
+
+def test_prepare_pretrain_keeps_a_question_with_its_answer_and_reads_json_lines_in_txt(
+    ray_local, tiny_tokenizer, tmp_path
+):
+    from lmforge.config import PretrainDataConfig
+    from lmforge.data.pretrain import run_prepare_pretrain
+
+    blocks = tmp_path / "qa_blocks.txt"
+    blocks.write_text("".join(f"问：第{i}种病怎么预防？\n答：第{i}种病要勤洗手、戴口罩、多通风。\n\n\n" for i in range(20)),
+                      encoding="utf-8")
+    qa_lines = _jsonl(tmp_path / "qa_lines.txt", [{"问": f"第{i}个症状是什么意思？", "答": f"第{i}个症状需要就医。"}
+                                                  for i in range(10)])
+    manifest = run_prepare_pretrain(PretrainDataConfig.model_validate({
+        "tokenizer": str(tiny_tokenizer), "output_dir": str(tmp_path / "out"), "pack": {"block_size": 64},
+        "dedup": {"near": False}, "sources": [{"path": str(blocks)}, {"path": str(qa_lines)}]}))
+    rows = manifest.counts["sources"]
+    assert rows["qa_blocks"]["read"] == rows["qa_blocks"]["kept_documents"] == 20
+    assert rows["qa_lines"]["read"] == rows["qa_lines"]["kept_documents"] == 10 and rows["qa_lines"]["quarantined"] == 0
+    inputs = {i["source"]: i for i in manifest.inputs}
+    assert inputs["qa_blocks"]["text_unit"] == "paragraph" and inputs["qa_lines"]["format"] == "jsonl"
+    assert inputs["qa_lines"].get("detected")
