@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from lmforge.cli import STAGES
 from lmforge.config import ServeConfig, TrainConfig, describe_fields
-from lmforge.config.reference import render_reference
+from lmforge.stage_reference import render_reference
+from lmforge.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs" / "configuration.md"
@@ -12,7 +12,7 @@ REFERENCE = REPO / "docs" / "configuration.md"
 
 def test_committed_reference_is_up_to_date():
     assert REFERENCE.read_text(encoding="utf-8") == render_reference(), (
-        "docs/configuration.md is stale: run `python -m lmforge.config.reference > docs/configuration.md`")
+        "docs/configuration.md is stale: run `python -m lmforge.stage_reference > docs/configuration.md`")
 
 
 def test_reference_lists_every_stage_and_every_setting():

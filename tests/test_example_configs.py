@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.cli import STAGES
 from lmforge.config import load_config
+from lmforge.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))

@@ -3,67 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import yaml
 
-from lmforge.config import (
-    BatchInferConfig,
-    ConfigError,
-    ConvertConfig,
-    EvalConfig,
-    PipelineConfig,
-    PretrainDataConfig,
-    ServeConfig,
-    SFTDataConfig,
-    SynthConfig,
-    TokenizerTrainConfig,
-    TrainConfig,
-    describe_fields,
-    load_config,
-)
-
-
-@dataclass(frozen=True)
-class Stage:
-    config: type
-    run: str  # "module:function", imported only when the stage runs (Ray, torch are slow to import)
-    summary: str
-
-    def function(self) -> Callable:
-        module, function = self.run.split(":")
-        return getattr(importlib.import_module(module), function)
-
-
-STAGES = {
-    "train-tokenizer": Stage(TokenizerTrainConfig, "lmforge.data.tokenizer:train_tokenizer",
-                             "Train a byte-level BPE tokenizer (for demos and tests without downloads)."),
-    "prepare-pretrain": Stage(PretrainDataConfig, "lmforge.data.pretrain:run_prepare_pretrain",
-                              "Raw corpora -> cleaned, deduplicated, mixed, packed token blocks."),
-    "prepare-sft": Stage(SFTDataConfig, "lmforge.data.sft:run_prepare_sft",
-                         "SFT datasets (alpaca, ShareGPT, ChatGLM3, ...) -> label-masked, packed samples."),
-    "pretrain": Stage(TrainConfig, "lmforge.train.run:run_pretrain",
-                      "Continued pretraining on prepared blocks: Ray Train + DeepSpeed ZeRO."),
-    "sft": Stage(TrainConfig, "lmforge.train.run:run_sft",
-                 "Supervised fine-tuning (full or LoRA) on prepared SFT rows: Ray Train + DeepSpeed ZeRO."),
-    "convert": Stage(ConvertConfig, "lmforge.convert.convert:run_convert",
-                     "ZeRO-3 checkpoint -> Hugging Face model dir (safetensors, tokenizer, chat template; LoRA merged)."),
-    "serve": Stage(ServeConfig, "lmforge.serve.run:run_serve",
-                   "Serve a converted model: OpenAI API on Ray Serve + vLLM (blocks; writes serve_deploy.yaml)."),
-    "batch-infer": Stage(BatchInferConfig, "lmforge.infer.batch_infer:run_batch_infer",
-                         "Answer a prompt set with a converted model: Ray Data + vLLM engine actors; reruns resume."),
-    "synth": Stage(SynthConfig, "lmforge.infer.synth:run_synth",
-                   "Synthetic SFT data (QA from passages, polite refusals, multi-turn) for prepare-sft."),
-    "eval": Stage(EvalConfig, "lmforge.infer.evaluate:run_eval",
-                  "Perplexity, multiple choice and open QA of several models; report.json + report.md + predictions.jsonl."),
-    "pipeline": Stage(PipelineConfig, "lmforge.pipeline:run_pipeline",
-                      "Stages in order in one process (one Ray), each skipped when its output is up to date."),
-}
+from lmforge.config import ConfigError, TrainConfig, describe_fields, load_config
+from lmforge.stages import STAGES
 
 
 def build_parser() -> argparse.ArgumentParser:

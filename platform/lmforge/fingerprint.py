@@ -11,8 +11,8 @@ beside it (stage code stays untouched):
 
 Inputs are found in the resolved config itself: every string that names an existing file or directory, or
 a glob matching files, other than the stage's own output directory and its parents (a training run's
-storage_path). So a stage added to `lmforge.cli.STAGES` later is fingerprinted without being listed here;
-only where its output lives may need a line in OUTPUTS. Remote URIs (s3://...) are not fingerprinted.
+storage_path). So a stage added to `lmforge.stages.STAGES` is fingerprinted without being listed here.
+Remote URIs (s3://...) are not fingerprinted.
 """
 
 from __future__ import annotations
@@ -21,46 +21,15 @@ import glob
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from lmforge.config import ServeConfig, TrainConfig
 from lmforge.manifest import MANIFEST_NAME
 
 FINGERPRINT_NAME = "fingerprint.json"
-
-
-@dataclass(frozen=True)
-class StageOutput:
-    directory: Callable[[Any], Path | None]  # where manifest.json is written; None: nothing to skip on
-    resumes: bool = False  # a rerun continues what is there (training checkpoints) instead of replacing it
-    blocks: bool = False  # runs until stopped (a service): only the last stage of a pipeline may
-
-
-def _output_dir_field(cfg: Any) -> Path | None:
-    return Path(cfg.output_dir) if getattr(cfg, "output_dir", None) else None
-
-
-# Where each kind of stage writes its manifest; stages with an `output_dir` setting need no entry.
-OUTPUTS: dict[type[BaseModel], StageOutput] = {
-    TrainConfig: StageOutput(lambda cfg: Path(cfg.storage_path) / cfg.run_name, resumes=True),
-    ServeConfig: StageOutput(lambda cfg: None, blocks=True),  # a service is started each time, never skipped
-}
-DEFAULT_OUTPUT = StageOutput(_output_dir_field)
-
-
-def stage_output(cfg: BaseModel) -> StageOutput:
-    return OUTPUTS.get(type(cfg), DEFAULT_OUTPUT)
-
-
-def output_dir(cfg: BaseModel) -> Path | None:
-    """The directory holding the stage's manifest.json, or None for a stage that leaves none (serve)."""
-    directory = stage_output(cfg).directory(cfg)
-    return directory.resolve() if directory else None
 
 
 def config_sha256(config: dict) -> str:
@@ -68,10 +37,10 @@ def config_sha256(config: dict) -> str:
     return _sha256_json(config)
 
 
-def fingerprint(stage: str, cfg: BaseModel) -> dict:
-    """The stage name, its config hash, its inputs' fingerprints, and one hash over all of them."""
+def fingerprint(stage: str, cfg: BaseModel, out: Path | None) -> dict:
+    """The stage name, its config hash, its inputs' fingerprints (all but `out`, the stage's output dir), and one
+    hash over all of them."""
     config = cfg.model_dump(mode="json")
-    out = output_dir(cfg)
     inputs = {str(path): input_fingerprint(path) for path in sorted(input_paths(config, out))}
     combined = {"stage": stage, "config_sha256": config_sha256(config), "inputs": inputs}
     return {**combined, "fingerprint": _sha256_json(combined)}

@@ -27,15 +27,9 @@ from lmforge.config import (
     load_config,
     validate_config,
 )
-from lmforge.fingerprint import (
-    FINGERPRINT_NAME,
-    fingerprint,
-    output_dir,
-    stage_output,
-    why_stale,
-    write_fingerprint,
-)
+from lmforge.fingerprint import FINGERPRINT_NAME, fingerprint, why_stale, write_fingerprint
 from lmforge.manifest import MANIFEST_NAME, Manifest
+from lmforge.stages import STAGES
 
 
 @dataclass(frozen=True)
@@ -81,8 +75,6 @@ def run_pipeline(cfg: PipelineConfig) -> Manifest:
 
 def resolve_stages(cfg: PipelineConfig) -> list[PlannedStage]:
     """Every stage's validated config; errors name the stage's position, its file and the field."""
-    from lmforge.cli import STAGES  # the CLI lists the stages and imports this module lazily
-
     names = [name for name in STAGES if name != "pipeline"]
     planned = []
     for index, entry in enumerate(cfg.stages):
@@ -99,7 +91,7 @@ def resolve_stages(cfg: PipelineConfig) -> list[PlannedStage]:
             raise ConfigError(f"{label}: {exc}") from None
         planned.append(PlannedStage(entry.stage, stage_cfg, label))
     for step in planned[:-1]:
-        if stage_output(step.config).blocks:
+        if STAGES[step.name].rerun == "blocks":
             raise ConfigError(f"{step.label}: runs until stopped, so it can only be the last stage")
     return planned
 
@@ -129,19 +121,18 @@ def pipeline_ray(cfg: PipelineConfig, planned: list[PlannedStage]) -> RayConfig 
 
 def run_step(step: PlannedStage, position: str) -> StageRun:
     """Skip the stage if its output is up to date, else run it and stamp its output with the fingerprint."""
-    from lmforge.cli import STAGES
-
-    out = output_dir(step.config)
-    current = fingerprint(step.name, step.config) if out else None
+    stage = STAGES[step.name]
+    out = stage.output_dir(step.config)
+    current = fingerprint(step.name, step.config, out) if out else None
     reason = why_stale(out, current)
     if reason is None:
         print(f"lmforge pipeline {position} {step.name}: up to date, skipped ({_short(out)})", flush=True)
         return StageRun(step.name, "skipped", "up to date", 0.0, _short(out))
     print(f"lmforge pipeline {position} {step.name}: running ({reason})", flush=True)
     if out:
-        prepare_rerun(out, stage_output(step.config).resumes)
+        prepare_rerun(out, stage.rerun == "resumes")
     started = time.perf_counter()
-    manifest = STAGES[step.name].function()(step.config)
+    manifest = stage.function()(step.config)
     seconds = time.perf_counter() - started
     if out:
         write_fingerprint(out, current)

@@ -25,10 +25,11 @@ import yaml
 from pydantic import BaseModel
 
 import lmforge
+from lmforge import REPO_DIR
 from lmforge.config import PipelineConfig, load_config
-from lmforge.fingerprint import config_sha256, stage_output
+from lmforge.fingerprint import config_sha256
+from lmforge.stages import STAGES
 
-REPO_DIR = Path(lmforge.__file__).resolve().parents[2]  # the checkout holding jobs/ and platform/
 # resolved configs ride along with the working dir; not in .gitignore, which Ray's upload skips
 UPLOAD_DIR = ".lmforge-submit"
 # Ray also skips .git, .venv and what .gitignore lists; these stay out even with RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1.
@@ -39,8 +40,6 @@ EXCLUDES = ["/.git", "/.venv", "/runs/", "/bench/work/", "__pycache__/", ".pytes
 
 def resolved_config(stage: str, config_path: str, overrides: list[str]) -> BaseModel:
     """The stage's validated config; a pipeline's with every stage's config inlined (one self-contained file)."""
-    from lmforge.cli import STAGES
-
     cfg = load_config(STAGES[stage].config, config_path, overrides)
     if isinstance(cfg, PipelineConfig):
         from lmforge.pipeline import resolved_pipeline
@@ -61,7 +60,7 @@ def job_metadata(stage: str, cfg: BaseModel, config_path: str, overrides: list[s
         metadata["overrides"] = shlex.join(overrides)
     if getattr(cfg, "run_name", None):
         metadata["run_name"] = cfg.run_name
-    output = stage_output(cfg).directory(cfg)  # None for a pipeline: its stages have the outputs
+    output = STAGES[stage].output_dir(cfg)  # None for a pipeline: its stages have the outputs
     if output:
         metadata["output_dir"] = str(output)
     if isinstance(cfg, PipelineConfig):
@@ -76,7 +75,7 @@ def submit(stage: str, config_path: str, overrides: list[str], address: str | No
     """Submit `jobs/<stage>.py` with the resolved config; with `wait`, tail its logs and return 0 if it SUCCEEDED."""
     from ray.job_submission import JobSubmissionClient
 
-    script = Path("jobs") / f"{stage.replace('-', '_')}.py"
+    script = STAGES[stage].job_file
     if not (REPO_DIR / script).is_file():
         raise FileNotFoundError(f"{REPO_DIR / script}: no job entry point for stage {stage!r}")
     cfg = resolved_config(stage, config_path, overrides)

@@ -68,7 +68,7 @@ def make_run(run_dir: Path, tokenizer_dir: Path, *, architecture: str, config: d
     from lmforge.train.data import TrainData
     from lmforge.train.deepspeed_config import deepspeed_config, patch_deepspeed_for_cpu
     from lmforge.train.model import apply_lora, build_model
-    from lmforge.train.run import write_run_spec
+    from lmforge.train.run_spec import write_run_spec
 
     patch_deepspeed_for_cpu()
     import deepspeed

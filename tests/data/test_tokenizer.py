@@ -54,9 +54,10 @@ def test_the_manifest_lists_each_input_file_with_its_checksum(tiny_tokenizer, sh
     inputs = Manifest.read(tiny_tokenizer).inputs
     fever = shared_data / "pretrain" / "fever.txt"
     assert [Path(i["path"]).name for i in inputs] == ["fever.txt", "c4_demo.jsonl", "wiki_demo.txt"]
-    assert inputs[0] == {"source": "fever", "path": str(fever.resolve()), "size": fever.stat().st_size,
-                         "sha256": hashlib.sha256(fever.read_bytes()).hexdigest(), "encoding": "utf-8",
-                         "format": "text", "chunks": 1}
+    assert inputs[0] | {"detected": None} == {
+        "source": "fever", "path": str(fever.resolve()), "size": fever.stat().st_size,
+        "sha256": hashlib.sha256(fever.read_bytes()).hexdigest(), "encoding": "utf-8", "format": "text",
+        "text_unit": "line", "detected": None, "chunks": 1}  # detected: why auto chose the unit
     assert inputs[1]["format"] == "jsonl"
 
 

@@ -17,6 +17,7 @@ from lmforge.config.convert import ConvertConfig
 from lmforge.config.data import (
     BaseSourceConfig,
     CleanConfig,
+    DataStageConfig,
     DedupConfig,
     MixConfig,
     PackConfig,
@@ -64,6 +65,7 @@ __all__ = [
     "CleanConfig",
     "ConfigError",
     "ConvertConfig",
+    "DataStageConfig",
     "DedupConfig",
     "EngineConfig",
     "EvalConfig",

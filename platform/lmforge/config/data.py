@@ -164,26 +164,32 @@ class TokenizeConfig(StrictModel):
     threads_per_worker: int = Field(1, ge=1, description="Threads of the fast tokenizer inside each worker.")
 
 
-class PretrainDataConfig(StrictModel):
-    """`lmforge prepare-pretrain`: raw corpora -> cleaned, deduplicated, mixed, packed token blocks."""
+class DataStageConfig(StrictModel):
+    """What both data stages have: sources in, a tokenizer, an output dir, and how they run on Ray."""
 
-    sources: list[SourceConfig] = Field(description="Input corpora.")
+    sources: list[BaseSourceConfig] = Field(description="Inputs.")
     tokenizer: str = Field(description="Local tokenizer or model directory (AutoTokenizer).")
-    output_dir: str = Field(description="Where blocks, manifest.json and quarantine.jsonl go.")
-    workers: int = Field(2, ge=1, description="Parallel Ray workers for each step (tokenizer actors, etc.).")
+    output_dir: str = Field(description="Where shards, manifest.json and quarantine.jsonl go.")
+    workers: int = Field(2, ge=1, description="Most Ray tasks of one step at once (reading, dedup, tokenizing).")
     seed: int = Field(0, description="Seeds MinHash and mixture sampling: same seed, same output.")
     read: ReadConfig = Field(default_factory=ReadConfig)
-    clean: CleanConfig = Field(default_factory=CleanConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
-    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
-    pack: PackConfig = Field(default_factory=PackConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
-    def _names_are_unique(self) -> PretrainDataConfig:
+    def _names_are_unique(self) -> DataStageConfig:
         check_source_names(self.sources)
         return self
+
+
+class PretrainDataConfig(DataStageConfig):
+    """`lmforge prepare-pretrain`: raw corpora -> cleaned, deduplicated, mixed, packed token blocks."""
+
+    sources: list[SourceConfig] = Field(description="Input corpora.")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    pack: PackConfig = Field(default_factory=PackConfig)
 
 
 SFTRecordFormat = Literal[
@@ -231,27 +237,15 @@ class SFTPackConfig(StrictModel):
     )
 
 
-class SFTDataConfig(StrictModel):
+class SFTDataConfig(DataStageConfig):
     """`lmforge prepare-sft`: SFT datasets -> label-masked, deduplicated, mixed, packed samples."""
 
     sources: list[SFTSourceConfig] = Field(description="Input datasets.")
-    tokenizer: str = Field(description="Local tokenizer or model directory (AutoTokenizer).")
-    output_dir: str = Field(description="Where shards, manifest.json and quarantine.jsonl go.")
     template: Literal["classic", "tokenizer"] = Field(
         "classic",
         description="classic: 'User: q</s>\\n Assistant: a</s>'; tokenizer: the tokenizer's own chat_template.",
     )
     max_length: int = Field(1024, ge=16, description="Tokens per training row; longer conversations keep whole turns.")
-    workers: int = Field(2, ge=1, description="Parallel Ray workers for each step.")
-    seed: int = Field(0, description="Seeds MinHash and mixture sampling: same seed, same output.")
-    read: ReadConfig = Field(default_factory=ReadConfig)
     dedup: SFTDedupConfig = Field(default_factory=SFTDedupConfig)
-    mix: MixConfig = Field(default_factory=MixConfig)
     pack: SFTPackConfig = Field(default_factory=SFTPackConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-
-    @model_validator(mode="after")
-    def _names_are_unique(self) -> SFTDataConfig:
-        check_source_names(self.sources)
-        return self
 

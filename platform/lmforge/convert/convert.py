@@ -22,6 +22,7 @@ from lmforge.config import ConvertConfig
 from lmforge.convert.verify import greedy_ids, verification_prompt, verify_conversion
 from lmforge.convert.zero_checkpoint import ZeroCheckpoint, check_memory, parameter_count
 from lmforge.manifest import MANIFEST_NAME, Manifest
+from lmforge.stage_outputs import ModelDir
 from lmforge.train.model import apply_lora, build_model
 
 log = logging.getLogger(__name__)
@@ -63,20 +64,20 @@ def run_convert(cfg: ConvertConfig) -> Manifest:
         config=cfg.model_dump(),
         inputs=[{"checkpoint": str(checkpoint.directory), "tag": checkpoint.tag, "step": checkpoint.step,
                  "run_name": checkpoint.train.run_name, "kind": checkpoint.data.kind}],
-        outputs={
-            "model_dir": str(out.resolve()),
-            "step": checkpoint.step,
-            "dtype": cfg.dtype,
-            "lora": checkpoint.lora,
-            "merged": checkpoint.lora and cfg.merge_lora,
-            "adapter_dir": str(adapter) if adapter else None,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "chat_template": tokenizer.chat_template,
-            "eos_token_id": tokenizer.eos_token_id,
-            "ram_estimate_bytes": ram_bytes,
-            "files": [{"name": str(p.relative_to(out)), "bytes": p.stat().st_size} for p in files],
-            "verification": verification,
-        },
+        outputs=ModelDir(
+            model_dir=str(out.resolve()),
+            step=checkpoint.step,
+            dtype=cfg.dtype,
+            lora=checkpoint.lora,
+            merged=checkpoint.lora and cfg.merge_lora,
+            adapter_dir=str(adapter) if adapter else None,
+            parameters=sum(p.numel() for p in model.parameters()),
+            chat_template=tokenizer.chat_template,
+            eos_token_id=tokenizer.eos_token_id,
+            ram_estimate_bytes=ram_bytes,
+            files=[{"name": str(p.relative_to(out)), "bytes": p.stat().st_size} for p in files],
+            verification=verification,
+        ).model_dump(),
         counts={"parameters": parameters, "files": len(files), "bytes": sum(p.stat().st_size for p in files)},
     )
     manifest.write(out)  # last: a directory without manifest.json is an unfinished conversion

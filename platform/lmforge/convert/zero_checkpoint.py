@@ -14,8 +14,6 @@ an explicit weights_only=False) and allow only the two DeepSpeed classes its opt
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import pickle
@@ -30,7 +28,7 @@ from lmforge.config import TrainConfig
 from lmforge.train.checkpoint import STATE_FILE, read_state
 from lmforge.train.data import TrainData
 from lmforge.train.model import model_config
-from lmforge.train.run import RUN_SPEC
+from lmforge.train.run_spec import read_run_spec
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ class ZeroCheckpoint:
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint {path}: no such directory (give a checkpoint_* dir or its run dir)")
         directory = path if _is_checkpoint(path) else _newest_checkpoint(path)
-        train, data = _read_run_spec(directory.parent)
+        train, data = read_run_spec(directory.parent)
         state = read_state(directory)
         if not (directory / state.tag).is_dir():
             raise FileNotFoundError(f"checkpoint {directory}: {STATE_FILE} names step {state.step}, but "
@@ -91,19 +89,6 @@ def _newest_checkpoint(run_dir: Path) -> Path:
     return max(candidates, key=lambda d: (read_state(d).step, d.name))
 
 
-def _read_run_spec(run_dir: Path) -> tuple[TrainConfig, TrainData]:
-    path = run_dir / RUN_SPEC
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found. convert reads the model, LoRA and tokenizer settings that "
-                                "`lmforge pretrain/sft` writes there; give a checkpoint of an lmforge run (or its run dir)")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-        return TrainConfig.model_validate(spec["config"]), TrainData(**spec["data"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a run spec this lmforge version reads ({exc})") from None
-
-
-@contextlib.contextmanager
 def deepspeed_weights_only():
     """Make DeepSpeed's `torch.load(weights_only=False)` calls safe: tensors plus DeepSpeed's two plain classes."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler

@@ -36,6 +36,7 @@ from lmforge.data.tokenize import TokenizerSpec, tokenize_batch
 from lmforge.manifest import Manifest
 from lmforge.output_dir import staged_output_dir
 from lmforge.runtime import init_ray
+from lmforge.stage_outputs import TokenBlocks
 
 
 def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
@@ -59,7 +60,7 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
         shards = write_shards(packed.blocks, out, cfg.pack.blocks_per_shard)
 
         plots = write_data_plots(out, length_histogram(tokenized), counts["sources"], "document length")
-        return records.write_manifest("prepare-pretrain", out, {
+        return records.write_manifest("prepare-pretrain", out, TokenBlocks, {
             "shards": shards,
             "plots": plots,
             "columns": {"block": "int64", "input_ids": "list<int32>", "doc_lens": "list<int32>"},

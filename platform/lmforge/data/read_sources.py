@@ -21,7 +21,7 @@ import ray
 import ray.data
 from ray.data.expressions import col
 
-from lmforge.config import PretrainDataConfig, SFTDataConfig
+from lmforge.config import DataStageConfig
 from lmforge.data.accounting import (
     reconcile_counts,
     removed_by_source,
@@ -42,6 +42,7 @@ from lmforge.data.sources import (
 from lmforge.data.survey import FileSurvey
 from lmforge.data.tokenizer import tokenizer_identity
 from lmforge.manifest import Manifest
+from lmforge.stage_outputs import PreparedData
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ RECORD_SCHEMA = pa.schema([
 QUARANTINE = "quarantine.jsonl"
 DEDUP_CLUSTERS = "dedup_clusters.jsonl"
 
-StageConfig = PretrainDataConfig | SFTDataConfig
 RowsOfChunk = Callable[[PlannedChunk], Iterable[dict]]
 
 
@@ -64,7 +64,7 @@ class EmptyOutput(ValueError):
 class SourceRecords:
     """Every record of every source (status ok / filtered:<why> / quarantined) and the duplicates among them."""
 
-    cfg: StageConfig
+    cfg: DataStageConfig
     files: list[SourceFile]
     surveys: list[FileSurvey | str]  # a string: why the file could not be read at all
     chunks: list[PlannedChunk]
@@ -111,8 +111,10 @@ class SourceRecords:
                   for row in bad]
         raise EmptyOutput("\n".join(lines))
 
-    def write_manifest(self, stage: str, out: Path, outputs: dict, counts: dict) -> Manifest:
-        """quarantine.jsonl, dedup_clusters.jsonl and manifest.json (inputs, the stage's `outputs`, counts).
+    def write_manifest(self, stage: str, out: Path, outputs: type[PreparedData], fields: dict,
+                       counts: dict) -> Manifest:
+        """quarantine.jsonl, dedup_clusters.jsonl and manifest.json (inputs, `outputs` made of the stage's
+        `fields` and what every data stage has, counts).
 
         `out` is the stage's work directory (lmforge.output_dir); the manifest names the final output_dir."""
         write_quarantine(self.docs, self.files, self.surveys, out / QUARANTINE)
@@ -121,9 +123,9 @@ class SourceRecords:
             stage=stage,
             config=self.cfg.model_dump(),
             inputs=[input_record(f, s) for f, s in zip(self.files, self.surveys)],
-            outputs={"dir": str(Path(self.cfg.output_dir).resolve()), **outputs,
-                     "tokenizer": tokenizer_identity(self.cfg.tokenizer),
-                     "quarantine": QUARANTINE, "dedup_clusters": DEDUP_CLUSTERS},
+            outputs=outputs(dir=str(Path(self.cfg.output_dir).resolve()), **fields,
+                            tokenizer=tokenizer_identity(self.cfg.tokenizer), quarantine=QUARANTINE,
+                            dedup_clusters=DEDUP_CLUSTERS).model_dump(by_alias=True),
             counts=counts,
         )
         manifest.write(out)
@@ -132,7 +134,7 @@ class SourceRecords:
 
 def read_sources(
     files: list[SourceFile],
-    cfg: StageConfig,
+    cfg: DataStageConfig,
     rows_of_chunk: RowsOfChunk,
     *,
     resolve_files: Callable[[list[SourceFile], list], list[SourceFile]] | None = None,

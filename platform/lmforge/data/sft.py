@@ -45,6 +45,7 @@ from lmforge.data.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
 from lmforge.output_dir import staged_output_dir
 from lmforge.runtime import init_ray
+from lmforge.stage_outputs import SFTRows
 
 # The row of a conversation dropped after rendering (too long, or nothing to train): no tokens.
 _NO_SAMPLE = RenderedSample(np.zeros(0, np.int32), np.zeros(0, np.int32), turns_kept=0, turns_total=0)
@@ -84,7 +85,7 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
 
         totals = {key: sum(s[key] for s in shards) for key in ("rows", "samples", "tokens", "trained_tokens")}
         plots = write_data_plots(out, length_histogram(rendered), counts["sources"], "sample length")
-        return records.write_manifest("prepare-sft", out, {
+        return records.write_manifest("prepare-sft", out, SFTRows, {
             "shards": shards,
             "plots": plots,
             "columns": {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": "list<int32>",
@@ -252,6 +253,6 @@ def _pack_and_write_group(group: pa.Table, out_dir: str, capacity: int, mode: st
     return pa.table({
         "file": [name], "rows": [rows.num_rows], "samples": [group.num_rows],
         "tokens": [int(pc.sum(pc.list_value_length(rows.column("input_ids"))).as_py() or 0)],
-        "trained_tokens": [int((labels != -100).sum())],
+        "trained_tokens": [int((labels != IGNORE_INDEX).sum())],
         "sha256": [hashlib.sha256(path.read_bytes()).hexdigest()],
     })

@@ -17,6 +17,7 @@ from lmforge.config import TokenizerTrainConfig
 from lmforge.data.sources import LocalSources
 from lmforge.data.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
+from lmforge.stage_outputs import TokenizerOutputs
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Manifest:
         stage="train-tokenizer",
         config=cfg.model_dump(),
         inputs=sources.inputs(),
-        outputs={"tokenizer_dir": str(out.resolve())},
+        outputs=TokenizerOutputs(tokenizer_dir=str(out.resolve())).model_dump(),
         counts={"documents": counter.count, "unreadable_files": len(sources.unreadable()),
                 "vocab_size": len(tokenizer)},
     )

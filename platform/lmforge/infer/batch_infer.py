@@ -42,6 +42,7 @@ from lmforge.infer.engine import model_limits, run_requests, too_long_result
 from lmforge.infer.prompts import PromptTokenizer, prompt_record
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
+from lmforge.stage_outputs import BatchAnswers
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,12 @@ def run_batch_infer(cfg: BatchInferConfig) -> Manifest:
         inputs=[{"source": f.source.name, "path": str(Path(f.path).resolve())}
                 | ({"error": s} if isinstance(s, str) else {"size": s.size, "sha256": s.sha256})
                 for f, s in zip(files, surveys)] + [{"model_dir": str(Path(cfg.model_dir).resolve())}],
-        outputs={"dir": str(out.resolve()), "data": "data/", "format": cfg.output_format, "run": run,
-                 "columns": list(ANSWER_COLUMNS), "errors": "errors.jsonl", "quarantine": "quarantine.jsonl",
-                 "seconds": round(seconds, 2),
-                 "prompts_per_second": round(counts["answered"] / seconds, 3) if seconds else None,
-                 "generated_tokens_per_second": round(counts["generated_tokens"] / seconds, 3) if seconds else None},
+        outputs=BatchAnswers(
+            dir=str(out.resolve()), data="data/", format=cfg.output_format, run=run, columns=list(ANSWER_COLUMNS),
+            errors="errors.jsonl", quarantine="quarantine.jsonl", seconds=round(seconds, 2),
+            prompts_per_second=round(counts["answered"] / seconds, 3) if seconds else None,
+            generated_tokens_per_second=round(counts["generated_tokens"] / seconds, 3) if seconds else None,
+        ).model_dump(),
         counts=counts,
     )
     manifest.write(out)

@@ -38,6 +38,7 @@ from lmforge.infer.prompts import PromptTokenizer
 from lmforge.infer.report import PREDICTIONS, write_report
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
+from lmforge.stage_outputs import EvalReport
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,11 @@ def run_eval(cfg: EvalConfig) -> Manifest:
     manifest = Manifest(
         stage="eval", config=cfg.model_dump(),
         inputs=[{"model": m.name, "model_dir": str(Path(m.path).resolve())} for m in cfg.models] + data.inputs(cfg),
-        outputs={"dir": str(out.resolve()), "report": "report.json", "report_md": "report.md",
-                 "predictions": PREDICTIONS if cfg.multiple_choice else None,
-                 "open_qa": "open_qa.jsonl" if cfg.open_qa else None, "tasks": report["tasks"]},
+        outputs=EvalReport(
+            dir=str(out.resolve()), report="report.json", report_md="report.md",
+            predictions=PREDICTIONS if cfg.multiple_choice else None,
+            open_qa="open_qa.jsonl" if cfg.open_qa else None, tasks=report["tasks"],
+        ).model_dump(),
         counts={"models": len(cfg.models), "perplexity_documents": len(data.texts),
                 "questions": {n: len(q) for n, q in data.questions.items()}, "open_qa_questions": len(data.cases)},
     )

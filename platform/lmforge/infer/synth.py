@@ -37,6 +37,7 @@ from lmforge.infer.parsers import Unparsed, parse_dialogue, parse_qa_pairs
 from lmforge.infer.prompts import PromptTokenizer
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
+from lmforge.stage_outputs import SynthData
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;])")
 _ROLE_NAMES = {"user": "human", "assistant": "gpt"}
@@ -82,9 +83,11 @@ def run_synth(cfg: SynthConfig) -> Manifest:
         stage="synth", config=cfg.model_dump(),
         inputs=[{"source": f.source.name, "path": str(Path(f.path).resolve())} for f in files]
         + [{"model_dir": str(Path(cfg.model_dir).resolve())}],
-        outputs={"dir": str(out.resolve()), "sft": "sft.jsonl", "record_format": "sharegpt",
-                 "generations": "generations.jsonl", "quarantine": "quarantine.jsonl",
-                 "prepare_sft_source": {"path": str((out / "sft.jsonl").resolve()), "record_format": "sharegpt"}},
+        outputs=SynthData(
+            dir=str(out.resolve()), sft="sft.jsonl", record_format="sharegpt", generations="generations.jsonl",
+            quarantine="quarantine.jsonl",
+            prepare_sft_source={"path": str((out / "sft.jsonl").resolve()), "record_format": "sharegpt"},
+        ).model_dump(),
         counts=dict(counts),
     )
     manifest.write(out)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-import lmforge
+from lmforge import REPO_DIR
 from lmforge.config import ServeConfig
 from lmforge.manifest import Manifest
 from lmforge.serve.client import stream_chat
@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 APP_NAME = "lmforge-chat"
 IMPORT_PATH = "serve_apps.chat:app"
 CONFIG_ENV = "LMFORGE_SERVE_CONFIG"  # serve_apps/chat.py reads its ServeConfig from this file
-REPO_DIR = Path(lmforge.__file__).resolve().parents[2]  # holds serve_apps/, the import path's package
 
 
 def write_deploy_config(cfg: ServeConfig) -> Path:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from lmforge.data.hashing import splitmix64
-from lmforge.manifest import Manifest
+from lmforge.stage_outputs import SFTRows, read_prepared_data
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class TrainData:
     kind: str  # "pretrain" (blocks, doc_lens) or "sft" (rows with labels, position_ids, boundaries)
     files: tuple[str, ...]
     rows: int
-    sequence_length: int  # block_size or max_length
+    sequence_length: int  # the data's block_size or max_length (stage_outputs: PreparedData.sequence_length)
     vocab_size: int
     eos_token_id: int
     pad_token_id: int
@@ -40,29 +40,26 @@ class TrainData:
 
 def load_train_data(directory: str) -> TrainData:
     """The manifest of a prepare-pretrain or prepare-sft output, checked; errors name what is wrong."""
-    manifest = Manifest.read(directory)
-    outputs = manifest.outputs
-    if manifest.stage not in ("prepare-pretrain", "prepare-sft"):
-        raise ValueError(f"data.dir {directory}: holds {manifest.stage} output, not prepared training data")
-    files = tuple(str(Path(directory) / shard["file"]) for shard in outputs["shards"])
+    prepared = read_prepared_data(directory)
+    files = tuple(str(Path(directory) / shard["file"]) for shard in prepared.shards)
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"data.dir {directory}: shards listed in manifest.json are missing: {missing[:3]}")
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if rows == 0:
         raise ValueError(f"data.dir {directory}: the dataset is empty (0 rows); check its manifest counts")
-    tokenizer = outputs["tokenizer"]
-    pretrain = manifest.stage == "prepare-pretrain"
+    tokenizer = prepared.tokenizer
+    sft = isinstance(prepared, SFTRows)
     return TrainData(
-        kind="pretrain" if pretrain else "sft",
+        kind="sft" if sft else "pretrain",
         files=files,
         rows=rows,
-        sequence_length=outputs["block_size"] if pretrain else outputs["max_length"],
-        vocab_size=tokenizer["vocab_size"],
-        eos_token_id=tokenizer["eos_token_id"],
-        pad_token_id=tokenizer["pad_token_id"] if tokenizer["pad_token_id"] is not None else tokenizer["eos_token_id"],
-        tokenizer_dir=tokenizer["path"],
-        chat_template=None if pretrain else outputs["chat_template"],
+        sequence_length=prepared.sequence_length,
+        vocab_size=tokenizer.vocab_size,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        tokenizer_dir=tokenizer.path,
+        chat_template=prepared.chat_template if sft else None,
     )
 
 

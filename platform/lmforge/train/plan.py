@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.config import TrainConfig
-from lmforge.manifest import MANIFEST_NAME, Manifest
+from lmforge.manifest import MANIFEST_NAME
+from lmforge.stage_outputs import TokenBlocks, read_prepared_data
 
 GIB = 2**30
 USABLE_GPU_FRACTION = 0.9
@@ -174,12 +175,9 @@ def fits_cpu(mem: Memory, cfg: TrainConfig) -> bool | None:
 def sequence_and_vocab(cfg: TrainConfig) -> tuple[int, int, str]:
     """(sequence length, tokenizer vocab size or 0, where the length came from): data.dir's manifest first."""
     if (Path(cfg.data.dir) / MANIFEST_NAME).is_file():
-        manifest = Manifest.read(cfg.data.dir)
-        key = "block_size" if manifest.stage == "prepare-pretrain" else "max_length"
-        if key not in manifest.outputs:
-            raise ValueError(f"data.dir {cfg.data.dir}: holds {manifest.stage} output, not prepared training data")
-        vocab = manifest.outputs.get("tokenizer", {}).get("vocab_size", 0)
-        return manifest.outputs[key], vocab, f"{key} of {cfg.data.dir}/{MANIFEST_NAME}"
+        prepared = read_prepared_data(cfg.data.dir)
+        key = "block_size" if isinstance(prepared, TokenBlocks) else "max_length"
+        return prepared.sequence_length, prepared.tokenizer.vocab_size, f"{key} of {cfg.data.dir}/{MANIFEST_NAME}"
     if cfg.plan.sequence_length is None:
         raise ValueError(f"data.dir {cfg.data.dir}: no {MANIFEST_NAME} yet, so the sequence length is unknown: "
                          "set plan.sequence_length (the block_size or max_length you will prepare)")

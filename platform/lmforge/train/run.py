@@ -9,7 +9,6 @@ Everything that can be wrong with the inputs fails here, before any worker start
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from dataclasses import asdict
@@ -22,6 +21,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from lmforge.config import TrainConfig
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
+from lmforge.stage_outputs import TrainingRun
 from lmforge.train.data import (
     TrainData,
     epoch_order,
@@ -34,6 +34,7 @@ from lmforge.train.data import (
 from lmforge.train.deepspeed_config import deepspeed_config
 from lmforge.train.loop import train_loop
 from lmforge.train.model import flops_per_token, max_positions, model_config
+from lmforge.train.run_spec import write_run_spec
 
 log = logging.getLogger(__name__)
 
@@ -102,30 +103,20 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
         stage=f"{expected_kind}-train",
         config=cfg.model_dump(),
         inputs=[{"data_dir": str(Path(cfg.data.dir).resolve()), "rows": data.rows, "kind": data.kind}],
-        outputs={
-            "run_dir": str(run_dir),
-            "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            "steps": total_steps,
-            "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-            "metrics_file": str(run_dir / "metrics.jsonl"),
-            "loss_plot": str(run_dir / "loss.png"),
-            "tokenizer_dir": data.tokenizer_dir,
-            "chat_template": data.chat_template,
-            "eos_token_id": data.eos_token_id,
-        },
+        outputs=TrainingRun(
+            run_dir=str(run_dir),
+            checkpoint=result.checkpoint.path if result.checkpoint else None,
+            steps=total_steps,
+            metrics={k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+            metrics_file=str(run_dir / "metrics.jsonl"),
+            loss_plot=str(run_dir / "loss.png"),
+            tokenizer_dir=data.tokenizer_dir,
+            chat_template=data.chat_template,
+            eos_token_id=data.eos_token_id,
+        ).model_dump(),
     )
     manifest.write(run_dir)
     return manifest
-
-
-RUN_SPEC = "run.json"
-
-
-def write_run_spec(run_dir: Path, cfg: TrainConfig, data: TrainData) -> None:
-    """What the run's checkpoints hold (model, LoRA, vocabulary, tokenizer, chat template), for convert."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"config": cfg.model_dump(), "data": asdict(data)}
-    (run_dir / RUN_SPEC).write_text(json.dumps(spec, ensure_ascii=False, indent=2))
 
 
 def check_model_fits_data(cfg: TrainConfig, data: TrainData) -> None:

@@ -1,9 +1,9 @@
 """The configuration reference, generated from the config models: every stage's settings with type,
 default and meaning.
 
-    python -m lmforge.config.reference > docs/configuration.md
+    python -m lmforge.stage_reference > docs/configuration.md
 
-Stages come from `lmforge.cli.STAGES`, so a new stage appears by itself; tests/test_config_reference.py
+Stages come from `lmforge.stages.STAGES`, so a new stage appears by itself; tests/test_config_reference.py
 fails while the committed file is out of date.
 """
 
@@ -18,12 +18,13 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from lmforge.config.base import REQUIRED, _inner_model, _is_list, iter_fields
+from lmforge.stages import STAGES
 
 HEADER = """\
 # Configuration reference
 
 Generated from the pydantic models in `platform/lmforge/config/` by
-`python -m lmforge.config.reference > docs/configuration.md`; do not edit by hand.
+`python -m lmforge.stage_reference > docs/configuration.md`; do not edit by hand.
 
 Each stage reads one YAML file (`lmforge STAGE CONFIG`). Nested settings are written as YAML mappings
 or as dotted overrides on the command line (`lmforge pretrain CONFIG zero.offload_optimizer=true`);
@@ -33,8 +34,6 @@ or as dotted overrides on the command line (`lmforge pretrain CONFIG zero.offloa
 
 def render_reference() -> str:
     """The whole reference as Markdown: one section per config model, with the stages that read it."""
-    from lmforge.cli import STAGES  # the CLI imports the config package: import it only when rendering
-
     stages_of: dict[type[BaseModel], list[str]] = {}
     for name, stage in STAGES.items():
         stages_of.setdefault(stage.config, []).append(name)

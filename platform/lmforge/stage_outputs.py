@@ -1,0 +1,166 @@
+"""What each stage hands the next: one model per manifest's `outputs`, written and read through the same class.
+
+    TokenBlocks(...).model_dump(by_alias=True) -> manifest.json "outputs"            (prepare-pretrain)
+    read_prepared_data("runs/demo/sft_data").sequence_length                           (pretrain / sft, plan)
+
+A manifest written by an older lmforge whose outputs no longer fit fails with a message naming the stage
+to rerun, instead of a KeyError deep in training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ConfigDict, Field, ValidationError
+
+from lmforge.config import StrictModel
+from lmforge.manifest import MANIFEST_NAME, Manifest
+
+Outputs = TypeVar("Outputs", bound=StrictModel)
+
+
+class TokenizerIdentity(StrictModel):
+    """lmforge.data.tokenizer.tokenizer_identity: which tokenizer the data was made with."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    path: str
+    tokenizer_class: str = Field(alias="class")
+    vocab_size: int
+    bos_token_id: int | None
+    eos_token_id: int
+    pad_token_id: int | None
+    tokenizer_json_sha256: str | None
+
+
+class TokenizerOutputs(StrictModel):
+    tokenizer_dir: str
+
+
+class PreparedData(StrictModel):
+    """What both data stages write beside their shards."""
+
+    dir: str
+    shards: list[dict[str, Any]]  # file, sha256, and per-shard counts
+    plots: list[str]
+    columns: dict[str, str]
+    tokenizer: TokenizerIdentity
+    quarantine: str
+    dedup_clusters: str
+
+
+class TokenBlocks(PreparedData):
+    """prepare-pretrain: blocks of exactly block_size tokens."""
+
+    block_size: int
+    blocks: int
+    tokens: int
+    dropped_remainder_tokens: int
+
+    @property
+    def sequence_length(self) -> int:
+        return self.block_size
+
+
+class SFTRows(PreparedData):
+    """prepare-sft: packed rows of at most max_length tokens, with the chat template and EOS they were rendered with."""
+
+    max_length: int
+    pack_mode: str
+    template: str
+    chat_template: str
+    eos_token_id: int
+    dedup_key: str
+    rows: int
+    samples: int
+    tokens: int
+    trained_tokens: int
+    utilisation: float
+    trained_token_share: float
+
+    @property
+    def sequence_length(self) -> int:
+        return self.max_length
+
+
+class TrainingRun(StrictModel):
+    run_dir: str
+    checkpoint: str | None
+    steps: int
+    metrics: dict[str, float]
+    metrics_file: str
+    loss_plot: str
+    tokenizer_dir: str
+    chat_template: str | None
+    eos_token_id: int
+
+
+class ModelDir(StrictModel):
+    model_dir: str
+    step: int
+    dtype: str
+    lora: bool
+    merged: bool
+    adapter_dir: str | None
+    parameters: int
+    chat_template: str | None
+    eos_token_id: int | None
+    ram_estimate_bytes: int
+    files: list[dict[str, Any]]
+    verification: dict[str, Any] | None
+
+
+class BatchAnswers(StrictModel):
+    dir: str
+    data: str
+    format: str
+    run: Any
+    columns: list[str]
+    errors: str
+    quarantine: str
+    seconds: float
+    prompts_per_second: float | None
+    generated_tokens_per_second: float | None
+
+
+class SynthData(StrictModel):
+    dir: str
+    sft: str
+    record_format: str
+    generations: str
+    quarantine: str
+    prepare_sft_source: dict[str, str]
+
+
+class EvalReport(StrictModel):
+    dir: str
+    report: str
+    report_md: str
+    predictions: str | None
+    open_qa: str | None
+    tasks: Any
+
+
+PREPARED_DATA: dict[str, type[TokenBlocks | SFTRows]] = {"prepare-pretrain": TokenBlocks, "prepare-sft": SFTRows}
+
+
+def read_prepared_data(directory: str | Path) -> TokenBlocks | SFTRows:
+    """The outputs of the prepare-pretrain or prepare-sft run in `directory`; ValueError says what to rerun."""
+    manifest = Manifest.read(directory)
+    model = PREPARED_DATA.get(manifest.stage)
+    if model is None:
+        raise ValueError(f"data.dir {directory}: holds {manifest.stage} output, not prepared training data")
+    return outputs_of(manifest, model, directory)
+
+
+def outputs_of(manifest: Manifest, model: type[Outputs], directory: str | Path) -> Outputs:
+    """`manifest.outputs` as `model`; a manifest of an older layout is a ValueError naming the stage to rerun."""
+    try:
+        return model.model_validate(manifest.outputs)
+    except ValidationError as error:
+        fields = sorted({".".join(str(part) for part in e["loc"]) for e in error.errors()})
+        raise ValueError(
+            f"{Path(directory) / MANIFEST_NAME}: written by an lmforge whose {manifest.stage} outputs differ from "
+            f"this one's ({', '.join(fields[:5])}); rerun `lmforge {manifest.stage}` to rewrite it"
+        ) from None
