@@ -252,7 +252,7 @@ LMFORGE_STAGES = {
     "_read_chunks": "read + clean",
     "find_duplicates": "dedup: MinHash + band buckets, shuffle, edges",
     "find_duplicate_clusters": "dedup: connected components (driver)",
-    "tokenize_documents": "tokenize (actor pool)",
+    "tokenize_documents": "tokenize (tasks)",
     "per_source_totals": "per-source token counts (2 groupbys)",
     "mix_documents": "pack: mix, group sums, map_groups",
     "pack_documents": "pack: mix, group sums, map_groups",
