@@ -41,7 +41,9 @@ def all_files_run(ray_local, tiny_tokenizer, shared_data, tmp_path_factory):
 
 
 def _rows(manifest, out: Path) -> list[dict]:
-    return [row for shard in manifest.outputs["shards"] for row in pq.read_table(out / shard["file"]).to_pylist()]
+    return [
+        row for shard in manifest.outputs["shards"] for row in pq.read_table(out / shard["file"]).to_pylist()
+    ]
 
 
 def _samples(rows: list[dict]):
@@ -55,7 +57,8 @@ def _samples(rows: list[dict]):
 
 
 def _record_of(key: int, manifest, shared_data: Path) -> tuple[str, int]:
-    """The input file and position a sample came from (key = file index << 40 | position; the line for CSV)."""
+    """The input file and position a sample came from (key = file index << 40 | position;
+    the line for CSV)."""
     return manifest.inputs[key >> POSITION_BITS]["path"], key & ((1 << POSITION_BITS) - 1)
 
 
@@ -146,11 +149,21 @@ def test_utilisation_and_trained_share_are_reported(all_files_run):
 def planted_sft_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("planted-sft") / "bad.jsonl"
     lines = [
-        {"conversations": [{"role": "user", "content": "头痛怎么办？"}, {"role": "assistant", "content": "多休息。"}]},
+        {
+            "conversations": [
+                {"role": "user", "content": "头痛怎么办？"},
+                {"role": "assistant", "content": "多休息。"},
+            ]
+        },
         '{"conversations": [',  # line 2: broken JSON
         {"conversations": [{"role": "user", "content": "发热？"}, {"role": "assistant", "content": "  "}]},
-        {"conversations": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                           {"role": "assistant", "content": "c"}]},
+        {
+            "conversations": [
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ]
+        },
         {"messages": [{"role": "user", "content": "x"}]},  # line 5: another schema, no assistant
     ]
     path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)
@@ -158,9 +171,12 @@ def planted_sft_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_bad_records_land_in_quarantine_with_line_and_reason(ray_local, tiny_tokenizer, planted_sft_file, tmp_path):
-    manifest = run_prepare_sft(_config(tiny_tokenizer, tmp_path, [{"name": "bad", "path": str(planted_sft_file)}],
-                                       max_length=256))
+def test_bad_records_land_in_quarantine_with_line_and_reason(
+    ray_local, tiny_tokenizer, planted_sft_file, tmp_path
+):
+    manifest = run_prepare_sft(
+        _config(tiny_tokenizer, tmp_path, [{"name": "bad", "path": str(planted_sft_file)}], max_length=256)
+    )
     counts = manifest.counts["sources"]["bad"]
     assert counts["read"] == 5 and counts["quarantined"] == 4 and counts["kept_documents"] == 1
     reasons = {r["line"]: r["reason"] for r in map(json.loads, (tmp_path / "quarantine.jsonl").open())}
@@ -169,17 +185,25 @@ def test_bad_records_land_in_quarantine_with_line_and_reason(ray_local, tiny_tok
 
 
 def test_tokenizer_template_trains_only_assistant_turns(ray_local, tiny_tokenizer, shared_data, tmp_path):
-    manifest = run_prepare_sft(_config(
-        tiny_tokenizer, tmp_path, [{"name": "identity", "path": str(shared_data / "sft" / "cognition_dev.json")}],
-        template="tokenizer", max_length=256,
-    ))
+    manifest = run_prepare_sft(
+        _config(
+            tiny_tokenizer,
+            tmp_path,
+            [{"name": "identity", "path": str(shared_data / "sft" / "cognition_dev.json")}],
+            template="tokenizer",
+            max_length=256,
+        )
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
     answers = {json.loads(line)["conversations"][1]["content"].strip()
                for line in (shared_data / "sft" / "cognition_dev.json").open(encoding="utf-8")}
     samples = list(_samples(_rows(manifest, tmp_path)))
     assert len(samples) == manifest.counts["sources"]["identity"]["output_documents"] > 0
     for _, ids, labels, _ in samples:
-        assert tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]).removesuffix("</s>") in answers
+        assert (
+            tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]).removesuffix("</s>")
+            in answers
+        )
 
 
 def test_rendered_rows_of_dropped_conversations_are_empty_and_say_why(tiny_tokenizer):

@@ -18,12 +18,15 @@ import pytest
 from served_app import ANSWER, KEY, MODEL, QUESTION, ask
 
 STREAMS = 8
-CLIENT_TIMEOUT_S = 60  # an upper bound on every request: a bug here fails the test instead of hanging the suite
+CLIENT_TIMEOUT_S = (
+    60  # an upper bound on every request: a bug here fails the test instead of hanging the suite
+)
 RESTART_DEADLINE_S = 420  # a replica takes 45-130 s to start on 2 idle cores, far longer on a loaded machine
 
 
 def _replica_pid(ray) -> int | None:
-    """Pid of the running LLMServer replica actor, from the GCS actor table (the state API needs the dashboard)."""
+    """Pid of the running LLMServer replica actor,
+    from the GCS actor table (the state API needs the dashboard)."""
     from ray._private import state
 
     pids = [actor["Pid"] for actor in state.actors(actor_state_name="ALIVE").values()
@@ -49,7 +52,9 @@ async def _streams_with_kill(api_url: str, pid: int) -> list:
         await first_piece.wait()
         os.kill(pid, signal.SIGKILL)
 
-    async with openai.AsyncOpenAI(base_url=api_url, api_key=KEY, max_retries=0, timeout=CLIENT_TIMEOUT_S) as aclient:
+    async with openai.AsyncOpenAI(
+        base_url=api_url, api_key=KEY, max_retries=0, timeout=CLIENT_TIMEOUT_S
+    ) as aclient:
         killer = asyncio.create_task(kill_on_first_piece())
         results = await asyncio.gather(*(stream_one(aclient) for _ in range(STREAMS)), return_exceptions=True)
         await asyncio.wait_for(killer, 5)
@@ -57,7 +62,8 @@ async def _streams_with_kill(api_url: str, pid: int) -> list:
 
 
 def _running(processes: list[psutil.Process]) -> list[psutil.Process]:
-    """The processes still alive; a zombie counts as gone (its parent died; who reaps it is up to the container)."""
+    """The processes still alive; a zombie counts as gone (its parent died;
+    who reaps it is up to the container)."""
     alive = []
     for process in processes:
         try:

@@ -1,4 +1,5 @@
-"""The order training reads its rows in (train/data.py): a shuffle fixed by seed and epoch, dealt out to ranks."""
+"""The order training reads its rows in (train/data.py): a shuffle fixed by seed and epoch,
+dealt out to ranks."""
 
 from __future__ import annotations
 
@@ -20,8 +21,17 @@ def rows(tmp_path_factory) -> TrainData:
     """Prepared rows with ids 0..999 (only the id column matters to the order)."""
     path = tmp_path_factory.mktemp("rows") / "rows-00000.parquet"
     pq.write_table(pa.table({"row": np.arange(ROWS, dtype=np.int64)}), path)
-    return TrainData(kind="sft", files=(str(path),), rows=ROWS, sequence_length=8, vocab_size=16, eos_token_id=0,
-                     pad_token_id=0, tokenizer_dir=str(path.parent), chat_template=None)
+    return TrainData(
+        kind="sft",
+        files=(str(path),),
+        rows=ROWS,
+        sequence_length=8,
+        vocab_size=16,
+        eos_token_id=0,
+        pad_token_id=0,
+        tokenizer_dir=str(path.parent),
+        chat_template=None,
+    )
 
 
 @pytest.fixture(scope="module")

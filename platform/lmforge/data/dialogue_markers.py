@@ -24,7 +24,13 @@ from __future__ import annotations
 
 import re
 
-MARKER_PAIRS = (("<user>", "<bot>"), ("患者", "医生"), ("Human", "Assistant"), ("用户", "助手"), ("User", "Assistant"))
+MARKER_PAIRS = (
+    ("<user>", "<bot>"),
+    ("患者", "医生"),
+    ("Human", "Assistant"),
+    ("用户", "助手"),
+    ("User", "Assistant"),
+)
 SPLIT_MODES = ("auto", "always", "never")
 
 _MARKERS = [  # per pair: either marker at a line start; the group "user" says which one matched

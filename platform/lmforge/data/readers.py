@@ -249,7 +249,9 @@ def _normalise_newlines(value: Any) -> Any:
 
 def _object_record(line: int, value: Any, raw: str, position: int | None = None) -> RawRecord:
     if not isinstance(value, dict):
-        return _error(line, f"JSON value is {_JSON_KINDS.get(type(value), 'null')}, not an object", raw, position)
+        return _error(
+            line, f"JSON value is {_JSON_KINDS.get(type(value), 'null')}, not an object", raw, position
+        )
     return _record(line, _normalise_newlines(value), raw, position)
 
 

@@ -109,7 +109,9 @@ def survey_file(
         blocks = _whole_line_blocks(f)
         first = next(blocks, (0, b""))
         # Decided before any cut: paragraph chunks may only start after a blank line.
-        shape = detect_shape(first[1], named, from_extension=format is None, text_unit=text_unit, encoding=encoding)
+        shape = detect_shape(
+            first[1], named, from_extension=format is None, text_unit=text_unit, encoding=encoding
+        )
         cutter = _ChunkCutter(chunk_bytes, _CHUNK_BOUNDARY[shape.text_unit or "line"])
         for offset, block in itertools.chain([first], blocks):
             sha.update(block)
@@ -125,7 +127,9 @@ def survey_file(
         chunks = cutter.chunks(path, shape.format, encoding, size, shape.text_unit)
     else:
         chunks = (FileChunk(path, shape.format, encoding, 0, size, 1),)
-    return FileSurvey(path, size, sha.hexdigest(), encoding, shape.format, chunks, shape.text_unit, shape.detected)
+    return FileSurvey(
+        path, size, sha.hexdigest(), encoding, shape.format, chunks, shape.text_unit, shape.detected
+    )
 
 
 def _whole_line_blocks(f: BinaryIO) -> Iterator[tuple[int, bytes]]:

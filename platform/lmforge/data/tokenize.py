@@ -24,7 +24,9 @@ def load_fast_tokenizer(path: str):
                                 "tokenizer directory (or run `lmforge train-tokenizer` first)")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not tokenizer.is_fast:
-        raise ValueError(f"tokenizer {path}: a fast (Rust) tokenizer is needed, got {type(tokenizer).__name__}")
+        raise ValueError(
+            f"tokenizer {path}: a fast (Rust) tokenizer is needed, got {type(tokenizer).__name__}"
+        )
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {path}: has no EOS token; documents must end with one")
     return tokenizer
@@ -32,7 +34,8 @@ def load_fast_tokenizer(path: str):
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """What a tokenizing worker needs: the Rust tokenizer's JSON and the special ids (no transformers import)."""
+    """What a tokenizing worker needs: the Rust tokenizer's
+    JSON and the special ids (no transformers import)."""
 
     backend_json: str
     eos_id: int
