@@ -87,7 +87,7 @@ def write_prompts() -> Path:
     path = WORK / "prompts.jsonl"
     with (SHARED_DATA / "sft" / "medical_sft_1K_format.jsonl").open(encoding="utf-8") as lines, \
             path.open("w", encoding="utf-8") as sink:
-        for i, line in zip(range(N_PROMPTS), lines):
+        for i, line in zip(range(N_PROMPTS), lines, strict=False):
             question = json.loads(line)["conversations"][0]["value"][:200]
             sink.write(json.dumps({"id": f"q{i:03d}", "prompt": question}, ensure_ascii=False) + "\n")
     return path

@@ -157,7 +157,7 @@ def plain_torch_loop(model: dict, vocab_size: int, rows: list[tuple], threads: i
     for first in range(0, len(rows) - GLOBAL_BATCH + 1, GLOBAL_BATCH):
         started, tokens = time.perf_counter(), 0
         for micro in range(first, first + GLOBAL_BATCH, MICRO_BATCH):
-            ids, doc_lens = zip(*rows[micro:micro + MICRO_BATCH])
+            ids, doc_lens = zip(*rows[micro:micro + MICRO_BATCH], strict=True)
             inputs = model_inputs("llama", pretrain_batch(ids, doc_lens), doc_lens)
             (net(**inputs).loss / accumulation).backward()
             tokens += int((inputs["labels"] != -100).sum())

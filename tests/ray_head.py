@@ -42,7 +42,7 @@ class RayHead:
                    f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}", "--object-store-memory=300000000",
                    "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                    "--disable-usage-stats",
-                   *(f"{option}={port}" for option, port in zip(PORT_OPTIONS, ports))]
+                   *(f"{option}={port}" for option, port in zip(PORT_OPTIONS, ports, strict=True))]
         self.log = (self.temp_dir / "ray_start.log").open("w")
         self.process = subprocess.Popen(command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)

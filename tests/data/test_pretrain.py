@@ -140,7 +140,7 @@ def test_blocks_keep_document_boundaries(mixed_run, tiny_tokenizer):
     eos = AutoTokenizer.from_pretrained(str(tiny_tokenizer)).eos_token_id
     table = pq.read_table(out / manifest.outputs["shards"][0]["file"])
     for ids, lens in zip(
-        table.column("input_ids").to_pylist()[:50], table.column("doc_lens").to_pylist()[:50]
+        table.column("input_ids").to_pylist()[:50], table.column("doc_lens").to_pylist()[:50], strict=True
     ):
         assert len(ids) == 256 and sum(lens) == 256
         ends = [sum(lens[: i + 1]) - 1 for i in range(len(lens))]

@@ -50,7 +50,7 @@ def _samples(rows: list[dict]):
     """(key, input_ids, labels, position_ids) of every sample of every packed row."""
     for row in rows:
         start = 0
-        for key, length in zip(row["keys"], row["boundaries"]):
+        for key, length in zip(row["keys"], row["boundaries"], strict=True):
             end = start + length
             yield key, row["input_ids"][start:end], row["labels"][start:end], row["position_ids"][start:end]
             start = end
@@ -115,7 +115,7 @@ def test_trained_tokens_decode_to_exactly_the_assistant_texts(all_files_run, tin
     checked = 0
     for key, ids, labels, _ in _samples(_rows(manifest, out)):
         path, line = _record_of(key, manifest, shared_data)
-        trained = tokenizer.decode([t for t, label in zip(ids, labels) if label != -100])
+        trained = tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
         if path.endswith(".csv"):  # single turn: title + ask -> answer, Chinese intact through GBK
             row = csv_rows[line]
             assert trained == row["answer"].strip() + "</s>"
@@ -200,10 +200,8 @@ def test_tokenizer_template_trains_only_assistant_turns(ray_local, tiny_tokenize
     samples = list(_samples(_rows(manifest, tmp_path)))
     assert len(samples) == manifest.counts["sources"]["identity"]["output_documents"] > 0
     for _, ids, labels, _ in samples:
-        assert (
-            tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]).removesuffix("</s>")
-            in answers
-        )
+        trained = tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
+        assert trained.removesuffix("</s>") in answers
 
 
 def test_rendered_rows_of_dropped_conversations_are_empty_and_say_why(tiny_tokenizer):

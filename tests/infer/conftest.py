@@ -26,7 +26,9 @@ def qa_writer_model_dir(tiny_tokenizer, tmp_path_factory) -> Path:
     from lmforge.convert.convert import run_convert
 
     template = SynthPromptsConfig().qa_from_passages
-    qa = [(template.replace("{passage}", p), reply) for p, reply in zip(PASSAGES, WRITER_REPLIES)]
+    qa = [
+        (template.replace("{passage}", p), reply) for p, reply in zip(PASSAGES, WRITER_REPLIES, strict=True)
+    ]
     root = tmp_path_factory.mktemp("qa_writer")
     with single_process_group(root):
         run = make_run(

@@ -27,7 +27,7 @@ def write_quarantine(docs: ray.data.Dataset, files: list[SourceFile], surveys: l
     """Every record that could not be read, with source, file, line and reason, in corpus order."""
     written = 0
     with path.open("w", encoding="utf-8") as sink:
-        for file, survey in zip(files, surveys):
+        for file, survey in zip(files, surveys, strict=True):
             if isinstance(survey, str):
                 sink.write(
                     _json({"source": file.source.name, "file": file.path, "line": 0, "reason": survey})
@@ -150,7 +150,7 @@ def status_counts(
     counts: dict[str, dict[str, int]] = {}
     for _, row in frame.iterrows():
         counts.setdefault(row["source"], {})[row["status"]] = int(row["count()"])
-    for name, survey in zip(source_of_file, surveys):
+    for name, survey in zip(source_of_file, surveys, strict=True):
         if isinstance(survey, str):  # an unreadable file is one quarantined record
             per_source = counts.setdefault(name, {})
             per_source["quarantined"] = per_source.get("quarantined", 0) + 1
@@ -167,6 +167,6 @@ def removed_by_source(duplicates: DuplicateReport, source_of_file: list[str]) ->
     for kind, keys in (("exact_duplicates", removed[exact]), ("near_duplicates", removed[near]),
                        ("prefix_duplicates", removed[prefix])):
         sources, n = np.unique(names[keys >> POSITION_BITS], return_counts=True) if keys.size else ([], [])
-        for name, count in zip(sources, n):
+        for name, count in zip(sources, n, strict=True):
             counts.setdefault(name, {})[kind] = int(count)
     return counts

@@ -84,7 +84,7 @@ def find_prefix_conversations(conversations: ray.data.Dataset) -> np.ndarray:
 def _prefix_rows(batch: pa.Table) -> pa.Table:
     """A row per conversation (is_prefix false: its whole hash) and one per prefix of it (is_prefix true)."""
     keys, hashes, is_prefix = [], [], []
-    for key, text in zip(batch.column("key").to_pylist(), batch.column("text").to_pylist()):
+    for key, text in zip(batch.column("key").to_pylist(), batch.column("text").to_pylist(), strict=True):
         whole, prefixes = prefix_hashes(Conversation.from_json(text))
         keys += [key] * (1 + len(prefixes))
         hashes += [whole, *prefixes]

@@ -229,14 +229,15 @@ class _ChunkCutter:
         ends = [offset for offset, _ in starts[1:]] + [size]
         return tuple(
             FileChunk(path, format, encoding, start, end, line, text_unit)
-            for (start, line), end in zip(starts, ends)
+            for (start, line), end in zip(starts, ends, strict=True)
         )
 
 
 def _parquet_chunks(path: str) -> tuple[FileChunk, ...]:
     metadata = parquet_file(path).metadata
     rows = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
-    groups = zip(range(len(rows)), itertools.accumulate(rows, initial=1))
+    # accumulate yields one more: the line after the last group
+    groups = zip(range(len(rows)), itertools.accumulate(rows, initial=1), strict=False)
     return tuple(FileChunk(path, "parquet", "utf-8", group, group + 1, first) for group, first in groups)
 
 

@@ -82,7 +82,7 @@ class DocumentTokenizer:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         flat = np.empty(offsets[-1], dtype=np.int32)
-        for encoding, start, end in zip(encodings, offsets[:-1], offsets[1:]):
+        for encoding, start, end in zip(encodings, offsets[:-1], offsets[1:], strict=True):
             if self._bos is not None:
                 flat[start] = self._bos
             flat[end - len(encoding.ids) - 1 : end - 1] = encoding.ids

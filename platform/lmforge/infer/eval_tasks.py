@@ -105,7 +105,7 @@ def mcq_requests(task: MultipleChoiceTaskConfig, questions: list[dict], dev: lis
         base = f"mcq:{task.name}:{q_index}"
         requests += [
             {"id": f"{base}:{L}", "prompt_ids": context + cont, "max_tokens": 1, "score_from": len(context)}
-            for L, cont in zip(LETTERS, continuations)
+            for L, cont in zip(LETTERS, continuations, strict=True)
         ]
         requests.append({"id": f"{base}:gen", "prompt_ids": context, "max_tokens": task.generate_max_tokens,
                          "score_from": -1})
@@ -210,7 +210,11 @@ def open_qa_requests(task: OpenQATaskConfig, items: list[dict], encode_chat: Enc
 def open_qa_metrics(items: list[dict], results: dict[str, dict]) -> dict:
     answers = [results[f"qa:{i}"] for i in range(len(items))]
     ok = [a for a in answers if not a["error"]]
-    f1 = [char_f1(a["text"], item["reference"]) for a, item in zip(answers, items) if not a["error"]]
+    f1 = [
+        char_f1(a["text"], item["reference"])
+        for a, item in zip(answers, items, strict=True)
+        if not a["error"]
+    ]
     return {
         "questions": len(items),
         "answered": len(ok),

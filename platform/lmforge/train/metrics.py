@@ -69,7 +69,7 @@ def plot_loss(metrics_file: Path, png: Path) -> None:
     for name in ("loss", "eval_loss"):
         points = [(r["step"], r[name]) for r in rows if name in r]
         if points:
-            axis.plot(*zip(*points), label=name, marker="o" if name == "eval_loss" else None)
+            axis.plot(*zip(*points, strict=True), label=name, marker="o" if name == "eval_loss" else None)
     axis.set_xlabel("step")
     axis.set_ylabel("loss")
     axis.legend()
