@@ -21,7 +21,7 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
+def ray_local():
     """One real local Ray for the whole session; never joins another Ray on the machine."""
     import ray
 

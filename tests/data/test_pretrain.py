@@ -48,7 +48,10 @@ def planted_file(tmp_path_factory, shared_data) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mixed_run(ray_local, tiny_tokenizer, shared_data, planted_file, tmp_path_factory):
+def mixed_run(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    tiny_tokenizer, shared_data, planted_file, tmp_path_factory,
+):
     out = tmp_path_factory.mktemp("mixed")
     pretrain = shared_data / "pretrain"
     cfg = _config(tiny_tokenizer, out, [
@@ -61,7 +64,7 @@ def mixed_run(ray_local, tiny_tokenizer, shared_data, planted_file, tmp_path_fac
 
 
 @pytest.fixture(scope="module")
-def csv_runs(ray_local, tiny_tokenizer, shared_data, tmp_path_factory):
+def csv_runs(ray_local, tiny_tokenizer, shared_data, tmp_path_factory):  # noqa: ARG001 - starts Ray first
     """The GBK medical CSV alone (mixture factor 1), prepared twice into two directories."""
     runs = []
     for name in ("first", "second"):

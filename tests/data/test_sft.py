@@ -33,7 +33,10 @@ def _config(tokenizer: Path, out: Path, sources: list[dict], **extra) -> SFTData
 
 
 @pytest.fixture(scope="module")
-def all_files_run(ray_local, tiny_tokenizer, shared_data, tmp_path_factory):
+def all_files_run(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    tiny_tokenizer, shared_data, tmp_path_factory,
+):
     out = tmp_path_factory.mktemp("sft-all")
     sources = [{"name": name, "path": [str(shared_data / "sft" / f) for f in files]}
                for name, files in SFT_FILES.items()]
@@ -56,7 +59,7 @@ def _samples(rows: list[dict]):
             start = end
 
 
-def _record_of(key: int, manifest, shared_data: Path) -> tuple[str, int]:
+def _record_of(key: int, manifest) -> tuple[str, int]:
     """The input file and position a sample came from (key = file index << 40 | position;
     the line for CSV)."""
     return manifest.inputs[key >> POSITION_BITS]["path"], key & ((1 << POSITION_BITS) - 1)
@@ -114,7 +117,7 @@ def test_trained_tokens_decode_to_exactly_the_assistant_texts(all_files_run, tin
             csv_rows[start], start = row, reader.line_num + 1
     checked = 0
     for key, ids, labels, _ in _samples(_rows(manifest, out)):
-        path, line = _record_of(key, manifest, shared_data)
+        path, line = _record_of(key, manifest)
         trained = tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
         if path.endswith(".csv"):  # single turn: title + ask -> answer, Chinese intact through GBK
             row = csv_rows[line]
@@ -171,9 +174,8 @@ def planted_sft_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_bad_records_land_in_quarantine_with_line_and_reason(
-    ray_local, tiny_tokenizer, planted_sft_file, tmp_path
-):
+@pytest.mark.usefixtures("ray_local")
+def test_bad_records_land_in_quarantine_with_line_and_reason(tiny_tokenizer, planted_sft_file, tmp_path):
     manifest = run_prepare_sft(
         _config(tiny_tokenizer, tmp_path, [{"name": "bad", "path": str(planted_sft_file)}], max_length=256)
     )
@@ -184,7 +186,8 @@ def test_bad_records_land_in_quarantine_with_line_and_reason(
     assert "invalid JSON" in reasons[2] and "empty assistant" in reasons[3] and "out of order" in reasons[4]
 
 
-def test_tokenizer_template_trains_only_assistant_turns(ray_local, tiny_tokenizer, shared_data, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_tokenizer_template_trains_only_assistant_turns(tiny_tokenizer, shared_data, tmp_path):
     manifest = run_prepare_sft(
         _config(
             tiny_tokenizer,

@@ -34,7 +34,7 @@ def prompt_files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(ray_local, chat_model_dir, prompt_files, tmp_path_factory):
+def runs(ray_local, chat_model_dir, prompt_files, tmp_path_factory):  # noqa: ARG001 - starts Ray first
     """The job run twice on the same output_dir: the manifests of both runs and the output dir."""
     from lmforge.infer.batch_infer import run_batch_infer
 
@@ -103,7 +103,7 @@ def test_a_rerun_skips_every_answered_id_and_retries_only_the_failed_one(runs):
     assert len(_answers(Path(cfg.output_dir))) == N_PROMPTS + 2  # nothing written twice
 
 
-def test_an_output_dir_of_another_job_is_refused(runs, chat_model_dir):
+def test_an_output_dir_of_another_job_is_refused(runs):
     from lmforge.infer.batch_infer import prepare_output_dir
 
     cfg = runs[2].model_copy(update={"sampling": SamplingConfig(max_tokens=7)})

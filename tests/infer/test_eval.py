@@ -150,7 +150,10 @@ def test_the_markdown_report_has_a_table_per_task_and_a_row_per_model():
 
 
 @pytest.fixture(scope="module")
-def eval_run(ray_local, chat_model_dir, qa_writer_model_dir, shared_data, tmp_path_factory):
+def eval_run(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    chat_model_dir, qa_writer_model_dir, shared_data, tmp_path_factory,
+):
     from lmforge.infer.evaluate import run_eval
 
     root = tmp_path_factory.mktemp("eval")

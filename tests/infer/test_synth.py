@@ -101,7 +101,7 @@ def test_a_template_without_its_slot_is_a_config_error():
 
 
 @pytest.fixture(scope="module")
-def synth_run(ray_local, qa_writer_model_dir, tmp_path_factory):
+def synth_run(ray_local, qa_writer_model_dir, tmp_path_factory):  # noqa: ARG001 - starts Ray first
     from lmforge.infer.synth import run_synth
 
     root = tmp_path_factory.mktemp("synth")

@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def api_url(ray_local, chat_model_dir, tmp_path_factory):
+def api_url(ray_local, chat_model_dir, tmp_path_factory):  # noqa: ARG001 - starts Ray first
     """The /v1 URL of the app (keys and limits on), shut down at the end of the session (the serve tests
     run last: the replica holds CPUs that other tests' Ray work would wait for)."""
     from ray import serve

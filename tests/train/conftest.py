@@ -15,7 +15,10 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 @pytest.fixture(scope="session")
-def pretrain_data(ray_local, tiny_tokenizer, shared_data, tmp_path_factory) -> Path:
+def pretrain_data(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    tiny_tokenizer, shared_data, tmp_path_factory,
+) -> Path:
     """fever.txt + c4_demo.jsonl in 128-token blocks, cut to ~400 blocks (enough for every run here)."""
     from lmforge.data.pretrain import run_prepare_pretrain
 
@@ -37,7 +40,10 @@ def pretrain_data(ray_local, tiny_tokenizer, shared_data, tmp_path_factory) -> P
 
 
 @pytest.fixture(scope="session")
-def sft_data(ray_local, tiny_tokenizer, shared_data, tmp_path_factory) -> Path:
+def sft_data(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    tiny_tokenizer, shared_data, tmp_path_factory,
+) -> Path:
     """cognition_dev.json + alpaca_zh_demo.json, classic template, packed into 256-token rows."""
     from lmforge.data.sft import run_prepare_sft
 

@@ -80,8 +80,9 @@ def test_other_epochs_and_seeds_give_unrelated_orders(epoch_order):
 
 
 @pytest.mark.parametrize("world, micro", [(2, 2), (3, 4)])
+@pytest.mark.usefixtures("ray_local")
 def test_each_rank_reads_its_micro_batches_of_the_epoch_order_and_only_whole_global_batches(
-        ray_local, rows, epoch_order, world, micro):
+        rows, epoch_order, world, micro):
     order = epoch_order(seed=0, epoch=0, eval_rows=10)
     shared = share_epoch_order(order)
     per_rank = [worker_epoch_dataset(rows, shared, rank, world, micro).to_pandas()["row"].to_numpy()

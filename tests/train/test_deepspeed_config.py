@@ -172,9 +172,8 @@ def test_deepspeed_builds_the_optimizer_when_it_is_not_plain_torch_adamw(zero):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_zero3_engine_trains_a_tiny_llama_on_cpu_and_saves_the_model(
-    precision, single_process_group, tmp_path
-):
+@pytest.mark.usefixtures("single_process_group")
+def test_zero3_engine_trains_a_tiny_llama_on_cpu_and_saves_the_model(precision, tmp_path):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     started = time.perf_counter()

@@ -80,7 +80,7 @@ def _falls(losses: list[float], by: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def many_blocks(pretrain_data, sft_data):
+def many_blocks(pretrain_data, sft_data):  # noqa: ARG001 - prepared before blocks shrink
     """Ray Data blocks of at most 64 KB while training: the rows arrive in many blocks, as a real corpus does.
 
     The samples here would otherwise be one block each, which hides anything that depends on where
@@ -99,14 +99,14 @@ def storage(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pretrain(many_blocks, storage, pretrain_data) -> TrainConfig:
+def pretrain(many_blocks, storage, pretrain_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
     cfg = _config(storage, "pretrain", pretrain_data)
     run_pretrain(cfg)
     return cfg
 
 
 @pytest.fixture(scope="module")
-def resumed(many_blocks, storage, pretrain_data) -> dict:
+def resumed(many_blocks, storage, pretrain_data) -> dict:  # noqa: ARG001 - for small blocks
     """The pretrain run stopped at step 12 on 2 workers, then rerun on 1 worker to step 24."""
     cfg = _config(storage, "resumed", pretrain_data, stop_after_step=12)
     run_pretrain(cfg)
@@ -116,7 +116,7 @@ def resumed(many_blocks, storage, pretrain_data) -> dict:
 
 
 @pytest.fixture(scope="module")
-def killed(many_blocks, storage, pretrain_data) -> dict:
+def killed(many_blocks, storage, pretrain_data) -> dict:  # noqa: ARG001 - for small blocks
     """The pretrain run in a thread; once Ray Train has registered a checkpoint and the run has gone past
     it, one of its worker processes (found among this process's descendants: the session's own Ray) is
     SIGKILLed."""
@@ -169,7 +169,7 @@ def _train_worker_pids(since: float) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def sft(many_blocks, storage, sft_data) -> TrainConfig:
+def sft(many_blocks, storage, sft_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
     cfg = _config(
         storage, "sft", sft_data, architecture="bloom", max_steps=16, checkpoint={"every_steps": 16}
     )
@@ -201,14 +201,14 @@ def _lora_config(storage: Path, name: str, sft_data: Path, **fields) -> TrainCon
 
 
 @pytest.fixture(scope="module")
-def lora(many_blocks, storage, sft_data) -> TrainConfig:
+def lora(many_blocks, storage, sft_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
     cfg = _lora_config(storage, "lora", sft_data)
     run_sft(cfg)
     return cfg
 
 
 @pytest.fixture(scope="module")
-def lora_resumed(many_blocks, storage, sft_data) -> TrainConfig:
+def lora_resumed(many_blocks, storage, sft_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
     run_sft(_lora_config(storage, "lora-resumed", sft_data, stop_after_step=8))
     cfg = _lora_config(storage, "lora-resumed", sft_data)
     run_sft(cfg)
@@ -324,9 +324,8 @@ def test_a_stopped_lora_run_rerun_reaches_the_weights_of_the_uninterrupted_run(l
     assert _max_difference(_weights(_checkpoints(lora_resumed)[16]), _weights(_checkpoints(lora)[16])) <= 1e-5
 
 
-def test_blocks_longer_than_the_models_positions_are_refused_before_training(
-    ray_local, pretrain_data, tmp_path
-):
+@pytest.mark.usefixtures("ray_local")
+def test_blocks_longer_than_the_models_positions_are_refused_before_training(pretrain_data, tmp_path):
     cfg = _config(tmp_path, "long", pretrain_data, model={
         "architecture": "llama", "config": {**TINY_CONFIGS["llama"], "max_position_embeddings": 64}})
     with pytest.raises(
@@ -336,16 +335,16 @@ def test_blocks_longer_than_the_models_positions_are_refused_before_training(
     assert not (tmp_path / "long").exists()
 
 
-def test_fp16_on_cpu_is_refused_before_training(ray_local, pretrain_data, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_fp16_on_cpu_is_refused_before_training(pretrain_data, tmp_path):
     cfg = _config(tmp_path, "fp16", pretrain_data, zero={"precision": "fp16"})
     with pytest.raises(ValueError, match="fp16 is not supported on CPU"):
         run_pretrain(cfg)
     assert not (tmp_path / "fp16").exists()
 
 
-def test_pretraining_data_given_to_sft_is_refused_naming_the_stage_it_needs(
-    ray_local, pretrain_data, tmp_path
-):
+@pytest.mark.usefixtures("ray_local")
+def test_pretraining_data_given_to_sft_is_refused_naming_the_stage_it_needs(pretrain_data, tmp_path):
     with pytest.raises(
         ValueError, match="holds pretrain data; `lmforge sft` needs the output of prepare-sft"
     ):
@@ -353,7 +352,8 @@ def test_pretraining_data_given_to_sft_is_refused_naming_the_stage_it_needs(
     assert not (tmp_path / "wrong-kind").exists()
 
 
-def test_a_data_dir_without_prepared_data_is_refused(ray_local, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_a_data_dir_without_prepared_data_is_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no manifest; run the stage that produces"):
