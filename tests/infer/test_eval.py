@@ -238,7 +238,7 @@ def test_perplexity_equals_exp_of_the_mean_token_loss_computed_with_transformers
         hf = transformers.AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32).eval()
         texts = list(LocalSources.survey(cfg.perplexity.sources).texts(cfg.perplexity.max_documents))
         encode = tokenizer.backend_tokenizer.encode
-        windows = perplexity_windows(texts, lambda t: encode(t, add_special_tokens=False).ids,  # noqa: B023
+        windows = perplexity_windows(texts, lambda t: encode(t, add_special_tokens=False).ids,  # noqa: B023 - called in this iteration
                                      tokenizer.eos_token_id, cfg.perplexity.window)
         total, count = 0.0, 0
         with torch.no_grad():
