@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-IGNORE_INDEX = -100
+from lmforge.data.chat_render import IGNORE_INDEX
 
 
 class _RoomIndex:

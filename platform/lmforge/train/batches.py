@@ -32,7 +32,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from lmforge.data.chat_render import IGNORE_INDEX
+
 POSITION_ID_MODELS = ("llama", "qwen2")
 ALIBI_MODELS = ("bloom",)
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from lmforge.config import TrainConfig
-from lmforge.train.batches import model_inputs, pretrain_batch, sft_batch
+from lmforge.train.batches import IGNORE_INDEX, model_inputs, pretrain_batch, sft_batch
 from lmforge.train.checkpoint import (
     TrainerState,
     read_state,
@@ -78,7 +78,7 @@ def train_loop(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             step_losses.append(loss.detach().float())
-            step_tokens += int((inputs["labels"] != -100).sum())
+            step_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
             if len(step_losses) < cfg.gradient_accumulation_steps:
                 continue
             step = engine.global_steps
@@ -179,7 +179,7 @@ def evaluate(engine, data: TrainData, cfg: TrainConfig) -> dict[str, float]:
             batch_size=cfg.micro_batch_size, batch_format="numpy"
         ):
             inputs = _to_inputs(batch, data, engine.module.config.model_type)
-            tokens = (inputs["labels"][:, 1:] != -100).sum()
+            tokens = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
             total_loss += engine(**inputs).loss.float() * tokens
             total_tokens += tokens
     engine.train()
