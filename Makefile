@@ -47,8 +47,10 @@ demo-smoke: install
 test: install
 	$(BIN)/python -m pytest
 
+# ruff, then the import contracts of pyproject.toml over this checkout's platform/lmforge (DEVELOPING.md).
 lint: install
 	$(BIN)/ruff check platform jobs serve_apps bench tests
+	PYTHONPATH=platform $(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python bench/data_pipeline.py

@@ -57,14 +57,24 @@ def build_model() -> Path:
     if (model_dir / "config.json").is_file():
         return model_dir
     tokenizer_dir = WORK / "tokenizer"
-    train_tokenizer(TokenizerTrainConfig(
-        sources=[SourceConfig(path=str(SHARED_DATA / "pretrain" / n)) for n in ("fever.txt", "c4_demo.jsonl")],
-        output_dir=str(tokenizer_dir), vocab_size=8000))
+    train_tokenizer(
+        TokenizerTrainConfig(
+            sources=[
+                SourceConfig(path=str(SHARED_DATA / "pretrain" / n)) for n in ("fever.txt", "c4_demo.jsonl")
+            ],
+            output_dir=str(tokenizer_dir),
+            vocab_size=8000,
+        )
+    )
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                      **MODEL)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **MODEL,
+    )
     model = transformers.LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -77,7 +87,7 @@ def write_prompts() -> Path:
     path = WORK / "prompts.jsonl"
     with (SHARED_DATA / "sft" / "medical_sft_1K_format.jsonl").open(encoding="utf-8") as lines, \
             path.open("w", encoding="utf-8") as sink:
-        for i, line in zip(range(N_PROMPTS), lines):
+        for i, line in zip(range(N_PROMPTS), lines, strict=False):
             question = json.loads(line)["conversations"][0]["value"][:200]
             sink.write(json.dumps({"id": f"q{i:03d}", "prompt": question}, ensure_ascii=False) + "\n")
     return path
@@ -91,7 +101,9 @@ def run_job(model_dir: Path, prompts: Path, limit: int | None = None) -> tuple[f
     source = prompts
     if limit is not None:
         source = WORK / f"prompts_{limit}.jsonl"
-        source.write_text("".join(prompts.read_text(encoding="utf-8").splitlines(True)[:limit]), encoding="utf-8")
+        source.write_text(
+            "".join(prompts.read_text(encoding="utf-8").splitlines(True)[:limit]), encoding="utf-8"
+        )
     out = WORK / f"out_{limit or 'all'}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = BatchInferConfig.model_validate({
@@ -115,7 +127,8 @@ def prompt_ids(model_dir: Path, prompts: Path) -> list[list[int]]:
 
 
 def hf_generate(model_dir: Path, prompts: list[list[int]], batch: int) -> tuple[float, int]:
-    """(seconds, generated tokens) of greedy transformers generate, `batch` prompts at a time (left-padded)."""
+    """(seconds, generated tokens) of greedy transformers generate,
+    `batch` prompts at a time (left-padded)."""
     import torch
     import transformers
 
@@ -129,8 +142,14 @@ def hf_generate(model_dir: Path, prompts: list[list[int]], batch: int) -> tuple[
             width = max(len(p) for p in group)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in group])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=pad)[:, width:]
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )[:, width:]
             for row in out.tolist():  # tokens up to and including the first EOS
                 generated += row.index(eos) + 1 if eos in row else len(row)
     return time.perf_counter() - started, generated
@@ -154,10 +173,12 @@ def main() -> None:
     batched_s, batched_tokens = hf_generate(model_dir, ids, batch=HF_BATCH)
     steady_s = max(job_s - one_s, 1e-9)
 
-    rows = [("(a) lmforge batch-infer (Ray Data + vLLM), end to end", job_s, job_n, job_tokens),
-            ("(a) steady: minus the 1-prompt job (engine start-up)", steady_s, job_n - 1, job_tokens),
-            ("(b) transformers generate, loop, batch 1", loop_s, len(ids), loop_tokens),
-            (f"(c) transformers generate, batch {HF_BATCH}, left padding", batched_s, len(ids), batched_tokens)]
+    rows = [
+        ("(a) lmforge batch-infer (Ray Data + vLLM), end to end", job_s, job_n, job_tokens),
+        ("(a) steady: minus the 1-prompt job (engine start-up)", steady_s, job_n - 1, job_tokens),
+        ("(b) transformers generate, loop, batch 1", loop_s, len(ids), loop_tokens),
+        (f"(c) transformers generate, batch {HF_BATCH}, left padding", batched_s, len(ids), batched_tokens),
+    ]
     import torch
     import transformers
 

@@ -3,13 +3,13 @@ transformers `generate` with a `TextIteratorStreamer` in a thread per request (h
 served), on the same converted model, at concurrency 1, 8 and 32.
 
 Model: a Llama built from a config (hidden 768, 8 layers, 12 heads, vocabulary 8000: ~70M parameters, fp32),
-trained 2 steps with ZeRO-3 by the convert tests' recipe (tests/convert/checkpoint_helpers.py) and converted by
-`lmforge convert`'s `run_convert`, so every engine loads the same HF directory with the chat template convert
-wrote. Big enough that a decode step costs real compute (the 0.3M-parameter test model measures only overhead),
-small enough that the three engines finish in ~15 minutes on 2 cores. Its weights are near random, so every
-request makes exactly `max_tokens` tokens with EOS suppressed (vLLM: min_tokens + ignore_eos; transformers:
-min_new_tokens), checked per request, and special tokens are printed as text (skip_special_tokens off) so
-that every token shows up in the stream.
+trained 2 steps with ZeRO-3 by the convert tests' recipe (tests/convert/checkpoint_helpers.py) and converted
+by `lmforge convert`'s `run_convert`, so every engine loads the same HF directory with the chat template
+convert wrote. Big enough that a decode step costs real compute (the 0.3M-parameter test model measures only
+overhead), small enough that the three engines finish in ~15 minutes on 2 cores. Its weights are near random,
+so every request makes exactly `max_tokens` tokens with EOS suppressed (vLLM: min_tokens + ignore_eos;
+transformers: min_new_tokens), checked per request, and special tokens are printed as text
+(skip_special_tokens off) so that every token shows up in the stream.
 
 Each level starts `concurrency` requests together, greedy, after a warm-up request.
 TTFT: request start to its first token (vLLM, Serve: first non-empty text piece; transformers: first token
@@ -45,8 +45,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "work" / "serve_throughput"
 RESULTS = REPO / "bench" / "results" / "serve_throughput.txt"
-MODEL_CONFIG = {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 12,
-                "num_key_value_heads": 12, "max_position_embeddings": 512}
+MODEL_CONFIG = {
+    "hidden_size": 768,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 12,
+    "max_position_embeddings": 512,
+}
 ENGINE_KWARGS = {"max_model_len": 512, "enforce_eager": True, "dtype": "float32"}
 CONCURRENCY = (1, 8, 32)
 QUESTION = "头痛怎么办？"
@@ -105,11 +111,15 @@ def run_levels(name: str, run_level, max_tokens: int) -> dict[int, dict]:
         timings = run_level(concurrency)
         wall = time.perf_counter() - started
         if any(t.tokens != max_tokens or t.first_piece is None for t in timings):
-            raise RuntimeError(f"{name}: token counts {sorted({t.tokens for t in timings})} (expected {max_tokens}) "
-                               f"or a request without any text")
+            raise RuntimeError(
+                f"{name}: token counts {sorted({t.tokens for t in timings})} (expected {max_tokens}) "
+                f"or a request without any text"
+            )
         stats[concurrency] = {
             "ttft_p50_s": statistics.median(t.first_piece - t.started for t in timings),
-            "request_tok_s": statistics.median(t.tokens / max(t.last_piece - t.first_piece, 1e-9) for t in timings),
+            "request_tok_s": statistics.median(
+                t.tokens / max(t.last_piece - t.first_piece, 1e-9) for t in timings
+            ),
             "total_tok_s": sum(t.tokens for t in timings) / wall,
         }
         print(f"  {name} concurrency {concurrency}: {stats[concurrency]}", flush=True)
@@ -117,7 +127,8 @@ def run_levels(name: str, run_level, max_tokens: int) -> dict[int, dict]:
 
 
 def bench_transformers(model_dir: Path, ids: list[int], max_tokens: int) -> dict[int, dict]:
-    """(c) model.generate in a thread per request, its TextIteratorStreamer read by the request's own thread."""
+    """(c) model.generate in a thread per request,
+    its TextIteratorStreamer read by the request's own thread."""
     import torch
     import transformers
 
@@ -192,7 +203,8 @@ def bench_vllm_in_process(model_dir: Path, ids: list[int], max_tokens: int) -> d
 
 
 def bench_serve(model_dir: Path, max_tokens: int) -> tuple[dict[int, dict], float]:
-    """(a) the lmforge Serve app (Ray Serve LLM + our ingress) on a local Ray, streamed over HTTP with httpx."""
+    """(a) the lmforge Serve app (Ray Serve LLM + our ingress) on a local Ray,
+    streamed over HTTP with httpx."""
     import httpx
     import ray
     from ray import serve
@@ -212,9 +224,17 @@ def bench_serve(model_dir: Path, max_tokens: int) -> tuple[dict[int, dict], floa
     started = time.perf_counter()
     url = start_app(cfg)
     healthy_after = time.perf_counter() - started
-    body = {"model": "bench", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
-            "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True, "skip_special_tokens": False,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "min_tokens": max_tokens,
+        "ignore_eos": True,
+        "skip_special_tokens": False,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
     async def one_request(client: httpx.AsyncClient) -> Timing:
         started, first, last, tokens = time.perf_counter(), None, None, 0
@@ -257,8 +277,10 @@ def table(results: dict[str, dict[int, dict]]) -> list[str]:
     lines = [f"{'engine':<30} {'conc':>4} {'TTFT p50 s':>10} {'tok/s per req':>13} {'total tok/s':>11}"]
     for name, stats in results.items():
         for concurrency, row in stats.items():
-            lines.append(f"{name:<30} {concurrency:>4} {row['ttft_p50_s']:>10.3f} {row['request_tok_s']:>13.1f} "
-                         f"{row['total_tok_s']:>11.1f}")
+            lines.append(
+                f"{name:<30} {concurrency:>4} {row['ttft_p50_s']:>10.3f} {row['request_tok_s']:>13.1f} "
+                f"{row['total_tok_s']:>11.1f}"
+            )
     return lines
 
 
@@ -285,16 +307,25 @@ def main() -> None:
     vllm_vs_hf = serve_stats[32]["total_tok_s"] / results["(c) transformers generate"][32]["total_tok_s"]
     overhead = results["(b) vLLM in-process"][32]["total_tok_s"] / serve_stats[32]["total_tok_s"]
     lines = [
-        (f"# bench/serve_throughput.py{' --quick' if args.quick else ''}, {datetime.date.today()}, "
-        f"{platform.machine()}, {os.cpu_count()} cores, load average {load_before[0]:.1f} at start / "
-        f"{os.getloadavg()[0]:.1f} at end (other jobs share this machine)"),
-        (f"# model: Llama {MODEL_CONFIG}, vocabulary 8000, {n_params / 1e6:.1f}M parameters, fp32; prompt "
-        f"{len(ids)} tokens; {max_tokens} new tokens per request (greedy, EOS ignored)"),
-        (f"# vLLM engine (b and a): {ENGINE_KWARGS}, VLLM_CPU_KVCACHE_SPACE=1; Serve app healthy "
-        f"{healthy_after:.0f} s after serve.run (not in the timings)"),
+        (
+            f"# bench/serve_throughput.py{' --quick' if args.quick else ''}, {datetime.date.today()}, "
+            f"{platform.machine()}, {os.cpu_count()} cores, load average {load_before[0]:.1f} at start / "
+            f"{os.getloadavg()[0]:.1f} at end (other jobs share this machine)"
+        ),
+        (
+            f"# model: Llama {MODEL_CONFIG}, vocabulary 8000, {n_params / 1e6:.1f}M parameters, fp32; prompt "
+            f"{len(ids)} tokens; {max_tokens} new tokens per request (greedy, EOS ignored)"
+        ),
+        (
+            f"# vLLM engine (b and a): {ENGINE_KWARGS}, VLLM_CPU_KVCACHE_SPACE=1; Serve app healthy "
+            f"{healthy_after:.0f} s after serve.run (not in the timings)"
+        ),
         *table(results),
-        (f"# at concurrency 32: Serve / transformers = {vllm_vs_hf:.2f}x (target >= 5), "
-        f"vLLM in-process / Serve = {overhead:.2f} (target <= 1.25); {time.perf_counter() - started:.0f} s in all"),
+        (
+            f"# at concurrency 32: Serve / transformers = {vllm_vs_hf:.2f}x (target >= 5), "
+            f"vLLM in-process / Serve = {overhead:.2f} (target <= 1.25); "
+            f"{time.perf_counter() - started:.0f} s in all"
+        ),
         f"RESULT vllm_vs_hf_at_32={vllm_vs_hf:.2f} serve_overhead={overhead:.2f}",
     ]
     print("\n".join(lines))

@@ -103,8 +103,13 @@ def render_samples(conversations: list[Conversation], tokenizer, max_length: int
         labels.append(sample.labels)
         counts["turns_cut"] += int(sample.turns_kept < sample.turns_total)
     counts["trained_tokens"] = int(sum((lab != IGNORE_INDEX).sum() for lab in labels))
-    table = pa.table({"key": pa.array(range(len(ids)), pa.int64()), "input_ids": pa.array(ids, pa.list_(pa.int32())),
-                      "labels": pa.array(labels, pa.list_(pa.int32()))})
+    table = pa.table(
+        {
+            "key": pa.array(range(len(ids)), pa.int64()),
+            "input_ids": pa.array(ids, pa.list_(pa.int32())),
+            "labels": pa.array(labels, pa.list_(pa.int32())),
+        }
+    )
     counts["tokens"] = int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0)
     return table, counts
 
@@ -165,13 +170,18 @@ def report(results: list[dict], n_records: int, n_conversations: int, files: lis
             lines.append(f"| {r['max_length']} | {r['samples']:,} | {r['too_long']:,} | {r['turns_cut']:,} | "
                          f"{r['tokens']:,} | {r['trained_tokens']:,} | {m['mode']} | {m['rows']:,} | "
                          f"{m['utilisation']:.4f} | {m['seconds']:.3f} | {m['samples_per_s']:,.0f} |")
-    header = "| max_length | tokens per step, packed / padded | packed rows / fewest possible | packed util >= 0.95 |"
+    header = (
+        "| max_length | tokens per step, packed / padded | packed rows / fewest possible "
+        "| packed util >= 0.95 |"
+    )
     lines += ["", header, "|---:|---:|---:|---|"]
     for r in results:
         packed, padded = r["packed"], r["padded"]
         fewest = -(-r["tokens"] // r["max_length"])
-        lines.append(f"| {r['max_length']} | {packed['utilisation'] / padded['utilisation']:.2f}x | "
-                     f"{packed['rows']:,} / {fewest:,} | {'yes' if packed['utilisation'] >= 0.95 else 'NO'} |")
+        lines.append(
+            f"| {r['max_length']} | {packed['utilisation'] / padded['utilisation']:.2f}x | "
+            f"{packed['rows']:,} / {fewest:,} | {'yes' if packed['utilisation'] >= 0.95 else 'NO'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -186,13 +196,18 @@ def main() -> None:
                         "packed": measure(samples, max_length, "packed"),
                         "padded": measure(samples, max_length, "padded")})
     n_records = sum(f["records"] for f in files)
-    markdown = report(results, n_records, len(conversations), files, reasons, host, time.perf_counter() - wall)
+    markdown = report(
+        results, n_records, len(conversations), files, reasons, host, time.perf_counter() - wall
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(markdown, encoding="utf-8")
     print(markdown)
     packed, padded = results[0]["packed"], results[0]["padded"]
-    print(f"RESULT packing_utilisation={packed['utilisation']:.4f} padding_utilisation={padded['utilisation']:.4f} "
-          f"speedup_tokens_per_step={packed['utilisation'] / padded['utilisation']:.2f}")
+    print(
+        f"RESULT packing_utilisation={packed['utilisation']:.4f} "
+        f"padding_utilisation={padded['utilisation']:.4f} "
+        f"speedup_tokens_per_step={packed['utilisation'] / padded['utilisation']:.2f}"
+    )
 
 
 if __name__ == "__main__":

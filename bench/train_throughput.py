@@ -28,8 +28,8 @@ Per core = tokens/s / cores used. The overhead is plain per core over ours per c
 busy in both: the better of plain at 2 threads and 2 plain processes at once (a data-parallel run with
 no communication at all, the ceiling for ours). A lone 1-thread process runs 10-17% faster per core
 than two at once here (50M: 242 vs 218 tokens/s in this bench, 252 vs 208-212 in a profile; the cores
-share caches and memory bandwidth), so the table also gives the ratio against it ("alone"). RESULT uses the largest size
-(compute dominates there; the small sizes show the fixed costs: gloo, ZeRO gathers, Ray Data).
+share caches and memory bandwidth), so the table also gives the ratio against it ("alone"). RESULT uses the
+largest size (compute dominates there; the small sizes show the fixed costs: gloo, ZeRO gathers, Ray Data).
 
     make bench                                              # .venv/bin/python bench/train_throughput.py
     .venv/bin/python bench/train_throughput.py --quick      # 1M only, fewer steps: a smoke check
@@ -102,7 +102,8 @@ def prepare_data() -> Path:
 
 
 def run_ours(data_dir: Path, size: str, steps: int, stage: int, checkpointing: bool) -> dict:
-    """One `run_pretrain` under a fresh run name; steady tokens/s and peak worker RSS from its metrics.jsonl."""
+    """One `run_pretrain` under a fresh run name;
+    steady tokens/s and peak worker RSS from its metrics.jsonl."""
     from lmforge.config import TrainConfig
     from lmforge.train.run import run_pretrain
 
@@ -148,13 +149,15 @@ def plain_torch_loop(model: dict, vocab_size: int, rows: list[tuple], threads: i
     torch.set_num_threads(threads)
     net = build_model(ModelConfig.model_validate(model), vocab_size, SEED)
     net.train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True
+    )
     accumulation = GLOBAL_BATCH // MICRO_BATCH
     per_step = []
     for first in range(0, len(rows) - GLOBAL_BATCH + 1, GLOBAL_BATCH):
         started, tokens = time.perf_counter(), 0
         for micro in range(first, first + GLOBAL_BATCH, MICRO_BATCH):
-            ids, doc_lens = zip(*rows[micro:micro + MICRO_BATCH])
+            ids, doc_lens = zip(*rows[micro:micro + MICRO_BATCH], strict=True)
             inputs = model_inputs("llama", pretrain_batch(ids, doc_lens), doc_lens)
             (net(**inputs).loss / accumulation).backward()
             tokens += int((inputs["labels"] != -100).sum())
@@ -189,8 +192,10 @@ def measure_size(data_dir: Path, size: str, steps: int, vocab_size: int) -> list
     plain = [(PLAIN_ALONE, lambda: run_plain(rows, vocab_size, size, 1)),
              ("plain torch, 1 process x 2 threads", lambda: run_plain(rows, vocab_size, size, 2)),
              ("plain torch, 2 processes x 1 thread at once", lambda: run_plain(rows, vocab_size, size, 1, 2))]
-    ours = [(f"ours {label}, 2 workers x 1 thread", lambda s=stage, gc=gc: run_ours(data_dir, size, steps, s, gc))
-            for label, stage, gc in OURS]
+    ours = [
+        (f"ours {label}, 2 workers x 1 thread", lambda s=stage, gc=gc: run_ours(data_dir, size, steps, s, gc))
+        for label, stage, gc in OURS
+    ]
     results: dict[str, dict] = {}
     for label, run in [*plain, *ours, plain[0]]:
         result = {"size": size, "params": params, "run": label, "runs": 1, **run()}
@@ -202,7 +207,9 @@ def measure_size(data_dir: Path, size: str, steps: int, vocab_size: int) -> list
             result["runs"] += results[label]["runs"]
             result = max(result, results[label], key=lambda r: r["tokens_per_s"]) | {"runs": result["runs"]}
         results[label] = result
-    plain_busy = max(r["per_core"] for r in results.values() if r["run"].startswith("plain") and r["cores"] == WORKERS)
+    plain_busy = max(
+        r["per_core"] for r in results.values() if r["run"].startswith("plain") and r["cores"] == WORKERS
+    )
     for result in results.values():
         result["overhead"] = plain_busy / result["per_core"]
         result["overhead_alone"] = results[PLAIN_ALONE]["per_core"] / result["per_core"]
@@ -210,15 +217,21 @@ def measure_size(data_dir: Path, size: str, steps: int, vocab_size: int) -> list
 
 
 def table(results: list[dict]) -> list[str]:
-    lines = [("| size | params | run | tokens/s | cores | tokens/s per core | model GFLOP/s per core "
-             "| plain on both cores / this, per core | plain alone on 1 core / this | peak RSS MB per process "
-             "| steps timed | runs (best) | wall s |"),
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| size | params | run | tokens/s | cores | tokens/s per core | model GFLOP/s per core "
+            "| plain on both cores / this, per core | plain alone on 1 core / this | peak RSS MB per process "
+            "| steps timed | runs (best) | wall s |"
+        ),
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['run']} | {r['tokens_per_s']:,.0f} | {r['cores']} "
-                     f"| {r['per_core']:,.0f} | {r['gflops_per_core']:.1f} | {r['overhead']:.2f}x "
-                     f"| {r['overhead_alone']:.2f}x | {r['peak_rss_mb']:,.0f} | {r['steps']} | {r['runs']} "
-                     f"| {r['wall_s']:.0f} |")
+        lines.append(
+            f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['run']} | {r['tokens_per_s']:,.0f} "
+            f"| {r['cores']} | {r['per_core']:,.0f} | {r['gflops_per_core']:.1f} | {r['overhead']:.2f}x "
+            f"| {r['overhead_alone']:.2f}x | {r['peak_rss_mb']:,.0f} | {r['steps']} | {r['runs']} "
+            f"| {r['wall_s']:.0f} |"
+        )
     return lines
 
 
@@ -229,7 +242,9 @@ def start_ray() -> None:
     # Ray Train polls its workers every 2 s and the final checkpoint waits for a poll: only the wall
     # time of a run shrinks, not the timed steps (Ray processes inherit this from the driver).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=str(RAY_TEMP))
+    ray.init(
+        address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=str(RAY_TEMP)
+    )
 
 
 def main() -> None:
@@ -251,28 +266,41 @@ def main() -> None:
         results += measure_size(data_dir, size, count, vocab_size)
     largest = [r for r in results if r["size"] == list(steps)[-1]]
     ours = next(r for r in largest if r["run"].startswith("ours ZeRO-3,"))
-    text = "\n".join([
-        f"# Training throughput, {datetime.date.today().isoformat()}",
-        "",
-        (f"- machine: nproc {os.cpu_count()}; load average {load[0]:.1f} / {load[1]:.1f} (1 / 5 min) at the start, "
-        f"{os.getloadavg()[0]:.1f} at the end (other jobs share the 2 cores); run took "
-        f"{time.perf_counter() - started:.0f} s"),
-        (f"- data: shared pretraining files, byte-level BPE 8k vocabulary, {BLOCK_SIZE}-token blocks; micro batch "
-        f"{MICRO_BATCH}, {GLOBAL_BATCH} rows ({GLOBAL_BATCH * BLOCK_SIZE} tokens) per optimizer step; fp32; "
-        f"AdamW; tokens/s = median over the steps after {WARMUP_STEPS} warm-up steps"),
-        ("- ours: run_pretrain, 2 Ray Train workers x 1 CPU (OMP_NUM_THREADS=1); plain: fresh processes, "
-        "torch.set_num_threads(1 or 2); per core = tokens/s / cores used; overhead = best plain per core with "
-        "both cores busy (2 threads, or 2 processes at once) / this per core; 'alone' = plain 1 process x 1 "
-        "thread (the other core idle) / this"),
-        (f"- RESULT uses the {ours['size']} model ({ours['params'] / 1e6:.1f}M parameters), ours = ZeRO-3 without "
-        "gradient checkpointing"),
-        "",
-        *table(results),
-    ])
+    text = "\n".join(
+        [
+            f"# Training throughput, {datetime.date.today().isoformat()}",
+            "",
+            (
+                f"- machine: nproc {os.cpu_count()}; load average {load[0]:.1f} / {load[1]:.1f} (1 / 5 min) "
+                f"at the start, {os.getloadavg()[0]:.1f} at the end (other jobs share the 2 cores); run "
+                f"took {time.perf_counter() - started:.0f} s"
+            ),
+            (
+                f"- data: shared pretraining files, byte-level BPE 8k vocabulary, {BLOCK_SIZE}-token "
+                f"blocks; micro batch {MICRO_BATCH}, {GLOBAL_BATCH} rows ({GLOBAL_BATCH * BLOCK_SIZE} "
+                "tokens) per optimizer step; fp32; AdamW; tokens/s = median over the steps after "
+                f"{WARMUP_STEPS} warm-up steps"
+            ),
+            (
+                "- ours: run_pretrain, 2 Ray Train workers x 1 CPU (OMP_NUM_THREADS=1); plain: fresh "
+                "processes, torch.set_num_threads(1 or 2); per core = tokens/s / cores used; overhead = "
+                "best plain per core with both cores busy (2 threads, or 2 processes at once) / this per "
+                "core; 'alone' = plain 1 process x 1 thread (the other core idle) / this"
+            ),
+            (
+                f"- RESULT uses the {ours['size']} model ({ours['params'] / 1e6:.1f}M parameters), ours = "
+                "ZeRO-3 without gradient checkpointing"
+            ),
+            "",
+            *table(results),
+        ]
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text + "\n", encoding="utf-8")
     print(text)
-    print(f"ours ZeRO-3 against plain alone on 1 core (the other idle): {ours['overhead_alone']:.2f}x per core")
+    print(
+        f"ours ZeRO-3 against plain alone on 1 core (the other idle): {ours['overhead_alone']:.2f}x per core"
+    )
     result = f"RESULT overhead_vs_plain_torch={ours['overhead']:.2f} tokens_per_s={ours['tokens_per_s']:.0f}"
     with RESULTS.open("a", encoding="utf-8") as sink:
         sink.write("\n" + result + "\n")

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real sample data, one local Ray per test session, a tiny tokenizer, a tiny chat model."""
+"""Shared fixtures: the real sample data, one local Ray per test session, a tiny tokenizer,
+a tiny chat model."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
+def ray_local():
     """One real local Ray for the whole session; never joins another Ray on the machine."""
     import ray
 
@@ -65,6 +66,8 @@ def chat_model_dir(tiny_tokenizer, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("chat_model")
     with single_process_group(root):
-        run = make_run(root / "sft", tiny_tokenizer, architecture="llama", config=LLAMA, steps=60, save_at=(60,))
+        run = make_run(
+            root / "sft", tiny_tokenizer, architecture="llama", config=LLAMA, steps=60, save_at=(60,)
+        )
     run_convert(ConvertConfig(checkpoint=str(run), output_dir=str(root / "model"), dtype="fp32"))
     return root / "model"

@@ -25,18 +25,24 @@ PORT_OPTIONS = ("--port", "--dashboard-port", "--ray-client-server-port", "--nod
 
 class RayHead:
     def __init__(self, num_cpus: int = 2, start_timeout_s: float = 120):
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="lmf-head-", dir="/tmp"))  # short: socket paths are limited
+        # short: socket paths are limited
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="lmf-head-", dir="/tmp"))
         ports = free_ports(len(PORT_OPTIONS))
         self.dashboard_url = f"http://127.0.0.1:{ports[1]}"
         # no token auth on this private head (ray 2.60 turns it on when ~/.ray/auth_token exists);
         # the job's `python` is this venv's; no PYTHONPATH: the job must import the code it uploaded
-        self.env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "PYTHONPATH")}
-        self.env |= {"RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        self.env = {
+            key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "PYTHONPATH")
+        }
+        self.env |= {
+            "RAY_AUTH_MODE": "disabled",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
         command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                    f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}", "--object-store-memory=300000000",
                    "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                    "--disable-usage-stats",
-                   *(f"{option}={port}" for option, port in zip(PORT_OPTIONS, ports))]
+                   *(f"{option}={port}" for option, port in zip(PORT_OPTIONS, ports, strict=True))]
         self.log = (self.temp_dir / "ray_start.log").open("w")
         self.process = subprocess.Popen(command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -58,13 +64,16 @@ class RayHead:
             except OSError:
                 pass
             time.sleep(1)
-        raise TimeoutError(f"Ray dashboard at {self.dashboard_url} not up after {timeout_s} s: {self.log_text()}")
+        raise TimeoutError(
+            f"Ray dashboard at {self.dashboard_url} not up after {timeout_s} s: {self.log_text()}"
+        )
 
     def log_text(self) -> str:
         return (self.temp_dir / "ray_start.log").read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
-        """SIGTERM to `ray start --block` and its process group, then SIGKILL to whatever of this head remains."""
+        """SIGTERM to `ray start --block` and its process group,
+        then SIGKILL to whatever of this head remains."""
         # a graceful `ray start --block` shutdown takes 20+ s here; a throwaway head need not wait for it
         for sig, grace_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
             try:

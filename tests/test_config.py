@@ -33,8 +33,11 @@ def test_yaml_loads_with_defaults_and_env_expansion(config_file, monkeypatch):
 
 
 def test_dotted_overrides_reach_nested_fields_and_list_items(config_file):
-    cfg = load_config(PretrainDataConfig, config_file,
-                      ["pack.block_size=2048", "sources.1.weight=0.5", "dedup.near=false", "ray.address=auto"])
+    cfg = load_config(
+        PretrainDataConfig,
+        config_file,
+        ["pack.block_size=2048", "sources.1.weight=0.5", "dedup.near=false", "ray.address=auto"],
+    )
     assert cfg.pack.block_size == 2048
     assert cfg.sources[1].weight == 0.5
     assert cfg.dedup.near is False
@@ -69,7 +72,10 @@ def test_sft_datasets_follow_the_same_source_rules(tmp_path):
     path = tmp_path / "sft.yaml"
     path.write_text("tokenizer: tok\noutput_dir: out\nsources:\n  - path: a.jsonl\n  - path: [b.json]\n")
     cfg = load_config(SFTDataConfig, path)
-    assert [(s.name, s.path, s.weight) for s in cfg.sources] == [("a", ["a.jsonl"], None), ("b", ["b.json"], None)]
+    assert [(s.name, s.path, s.weight) for s in cfg.sources] == [
+        ("a", ["a.jsonl"], None),
+        ("b", ["b.json"], None),
+    ]
     with pytest.raises(ConfigError, match="names must be unique"):
         load_config(SFTDataConfig, path, ["sources.1.name=a"])
     with pytest.raises(ConfigError, match=r"sources\.0\.format: Input should be 'jsonl'"):

@@ -30,10 +30,23 @@ def test_submitted_stage_succeeds_with_its_metadata_in_the_dashboard(ray_head, t
     config.write_text(f"output_dir: {tmp_path / 'elsewhere'}\nvocab_size: 400\nmax_documents: 300\n"
                       f"sources:\n  - path: {shared_data / 'pretrain' / 'fever.txt'}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "lmforge.cli", "submit", "train-tokenizer", str(config), f"output_dir={output}",
-         "--address", ray_head.dashboard_url],
-        check=False, cwd=tmp_path, env=ray_head.env | {"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lmforge.cli",
+            "submit",
+            "train-tokenizer",
+            str(config),
+            f"output_dir={output}",
+            "--address",
+            ray_head.dashboard_url,
+        ],
+        check=False,
+        cwd=tmp_path,
+        env=ray_head.env | {"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "lmforge train-tokenizer: done" in result.stdout  # the job's own log, tailed
@@ -48,7 +61,9 @@ def test_submitted_stage_succeeds_with_its_metadata_in_the_dashboard(ray_head, t
     assert info.metadata["output_dir"] == str(output)
     assert info.metadata["config_path"] == str(config)
     assert info.metadata["job_name"] == "lmforge train-tokenizer tokenizer"
-    assert len(info.metadata["config_sha256"]) == 64 and info.metadata["config_sha256"][:8] in job.submission_id
+    assert (
+        len(info.metadata["config_sha256"]) == 64 and info.metadata["config_sha256"][:8] in job.submission_id
+    )
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["stage"] == "train-tokenizer" and manifest["config"]["output_dir"] == str(output)
     assert not (tmp_path / "elsewhere").exists()

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(cfg: RayConfig) -> None:
-    """Join the cluster named by cfg.address or RAY_ADDRESS (set under `ray job submit`), else start a local Ray."""
+    """Join the cluster named by cfg.address or RAY_ADDRESS (set under `ray job submit`),
+    else start a local Ray."""
     configure_ray_data()
     if ray.is_initialized():
         return

@@ -37,7 +37,8 @@ def single_process_group(tmp: Path):
 
 
 def release_process_group() -> None:
-    """Destroy the group through DeepSpeed when it used it, so its cached subgroups go too (a later group is new)."""
+    """Destroy the group through DeepSpeed when it used it,
+    so its cached subgroups go too (a later group is new)."""
     import deepspeed.comm
 
     if deepspeed.comm.is_initialized():
@@ -47,11 +48,16 @@ def release_process_group() -> None:
 
 
 def sft_rows(tokenizer, template: str, qa: list[tuple[str, str]] = QA) -> list[list[int]]:
-    """Prompt in `template` + answer + EOS, tokenized apart as prepare-sft does (the prompt's tail stays whole)."""
+    """Prompt in `template` + answer + EOS,
+    tokenized apart as prepare-sft does (the prompt's tail stays whole)."""
     rows = []
     for question, answer in qa:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], chat_template=template,
-                                               tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}],
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         rows.append(ids + tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
     return rows
@@ -60,7 +66,8 @@ def sft_rows(tokenizer, template: str, qa: list[tuple[str, str]] = QA) -> list[l
 def make_run(run_dir: Path, tokenizer_dir: Path, *, architecture: str, config: dict, kind: str = "sft",
              lora: bool = False, steps: int = 40, save_at: tuple[int, ...] = (40,),
              qa: list[tuple[str, str]] = QA) -> Path:
-    """Train `steps` steps on the `qa` rows with ZeRO-3 (fp32) and save checkpoint_* dirs + run.json like a run."""
+    """Train `steps` steps on the `qa` rows with ZeRO-3 (fp32)
+    and save checkpoint_* dirs + run.json like a run."""
     import transformers
 
     from lmforge.config import TrainConfig
@@ -74,12 +81,20 @@ def make_run(run_dir: Path, tokenizer_dir: Path, *, architecture: str, config: d
     import deepspeed
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = TrainConfig.model_validate({
-        "run_name": run_dir.name, "storage_path": str(run_dir.parent), "data": {"dir": "unused"},
-        "model": {"architecture": architecture, "config": config}, "lora": {"enabled": lora, "r": 4},
-        "num_workers": 1, "global_batch_size": 1, "micro_batch_size": 1, "optim": {"lr": 1e-2 if lora else 5e-3},
-        "zero": {"precision": "fp32"},
-    })
+    cfg = TrainConfig.model_validate(
+        {
+            "run_name": run_dir.name,
+            "storage_path": str(run_dir.parent),
+            "data": {"dir": "unused"},
+            "model": {"architecture": architecture, "config": config},
+            "lora": {"enabled": lora, "r": 4},
+            "num_workers": 1,
+            "global_batch_size": 1,
+            "micro_batch_size": 1,
+            "optim": {"lr": 1e-2 if lora else 5e-3},
+            "zero": {"precision": "fp32"},
+        }
+    )
     data = TrainData(kind=kind, files=(), rows=len(qa), sequence_length=64, vocab_size=len(tokenizer),
                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                      tokenizer_dir=str(tokenizer_dir), chat_template=SFT_TEMPLATE if kind == "sft" else None)
@@ -87,8 +102,11 @@ def make_run(run_dir: Path, tokenizer_dir: Path, *, architecture: str, config: d
     model = build_model(cfg.model, data.vocab_size, cfg.seed)
     if lora:
         model = apply_lora(model, cfg.lora)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                      config=deepspeed_config(cfg, on_gpu=False, total_steps=steps))
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(cfg, on_gpu=False, total_steps=steps),
+    )
     engine.lr_scheduler.step(0)
     rows = sft_rows(tokenizer, SFT_TEMPLATE, qa)
     for step in range(1, steps + 1):

@@ -1,4 +1,5 @@
-"""Convert fixtures: tiny runs with real ZeRO-3 checkpoints (see checkpoint_helpers), and one converted model."""
+"""Convert fixtures: tiny runs with real ZeRO-3 checkpoints (see checkpoint_helpers),
+and one converted model."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ def zero_runs(tiny_tokenizer, tmp_path_factory) -> dict[str, Path]:
         return {
             "sft": make_run(root / "sft", tiny_tokenizer, architecture="llama", config=LLAMA, steps=60,
                             save_at=(20, 60)),
-            "lora": make_run(root / "lora", tiny_tokenizer, architecture="llama", config=LLAMA, kind="pretrain",
-                             lora=True, steps=10, save_at=(10,)),
+            "lora": make_run(root / "lora", tiny_tokenizer, architecture="llama", config=LLAMA,
+                             kind="pretrain", lora=True, steps=10, save_at=(10,)),
             "qwen2": make_run(root / "qwen2", tiny_tokenizer, architecture="qwen2",
                               config={**LLAMA, "tie_word_embeddings": True}, steps=4, save_at=(4,)),
             "bloom": make_run(root / "bloom", tiny_tokenizer, architecture="bloom",

@@ -1,4 +1,5 @@
-"""lmforge convert: real ZeRO-3 checkpoints -> directories that plain transformers loads, checked against the shards."""
+"""lmforge convert: real ZeRO-3 checkpoints -> directories that plain transformers loads,
+checked against the shards."""
 
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ def _load(out: Path, dtype=torch.float32):
 
 def test_a_run_dir_means_its_newest_checkpoint(zero_runs):
     checkpoint = ZeroCheckpoint.locate(zero_runs["sft"])
-    assert (checkpoint.directory.name, checkpoint.tag, checkpoint.step) == ("checkpoint_000060", "global_step60", 60)
+    assert (checkpoint.directory.name, checkpoint.tag, checkpoint.step) == (
+        "checkpoint_000060",
+        "global_step60",
+        60,
+    )
     assert ZeroCheckpoint.locate(zero_runs["sft"] / "checkpoint_000020").step == 20
 
 
@@ -41,11 +46,16 @@ def test_full_fp32_conversion_loads_with_transformers_with_the_checkpoint_weight
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in consolidated.items())
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(converted_sft)
-    prompt = sft_rows(tokenizer, SFT_TEMPLATE)[0][:-len(tokenizer(QA[0][1], add_special_tokens=False)["input_ids"]) - 1]
+    prompt = sft_rows(tokenizer, SFT_TEMPLATE)[0][
+        : -len(tokenizer(QA[0][1], add_special_tokens=False)["input_ids"]) - 1
+    ]
     assert tokenizer.apply_chat_template([{"role": "user", "content": QA[0][0]}], add_generation_prompt=True,
                                          tokenize=True, return_dict=False) == prompt
     answer = greedy_ids(model, prompt, max_new_tokens=40)
-    assert tokenizer.decode(answer, skip_special_tokens=True) == QA[0][1] and answer[-1] == tokenizer.eos_token_id
+    assert (
+        tokenizer.decode(answer, skip_special_tokens=True) == QA[0][1]
+        and answer[-1] == tokenizer.eos_token_id
+    )
 
     manifest = json.loads((converted_sft / "manifest.json").read_text())
     verification = manifest["outputs"]["verification"]
@@ -54,7 +64,12 @@ def test_full_fp32_conversion_loads_with_transformers_with_the_checkpoint_weight
     assert manifest["stage"] == "convert" and manifest["outputs"]["step"] == 60
     assert manifest["outputs"]["parameters"] == sum(t.numel() for t in consolidated.values())
     assert {f["name"] for f in manifest["outputs"]["files"]} >= {
-        "model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"}
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
 
 
 def test_tokenizer_and_generation_config_carry_the_runs_chat_template_and_eos(zero_runs, converted_sft):
@@ -69,7 +84,9 @@ def test_tokenizer_and_generation_config_carry_the_runs_chat_template_and_eos(ze
     assert json.loads((converted_sft / "config.json").read_text())["use_cache"] is True
 
 
-def test_lora_weights_are_merged_as_base_plus_scaled_delta_and_the_adapter_is_saved_apart(zero_runs, tmp_path):
+def test_lora_weights_are_merged_as_base_plus_scaled_delta_and_the_adapter_is_saved_apart(
+    zero_runs, tmp_path
+):
     checkpoint = ZeroCheckpoint.locate(zero_runs["lora"])
     consolidated = checkpoint.state_dict()
     manifest = _convert(zero_runs["lora"], tmp_path, dtype="fp32", save_adapter=True)
@@ -78,7 +95,9 @@ def test_lora_weights_are_merged_as_base_plus_scaled_delta_and_the_adapter_is_sa
     prefix = "base_model.model."
     deltas = 0
     for name, tensor in merged.items():
-        base = consolidated.get(prefix + name, consolidated.get(prefix + name.replace(".weight", ".base_layer.weight")))
+        base = consolidated.get(
+            prefix + name, consolidated.get(prefix + name.replace(".weight", ".base_layer.weight"))
+        )
         lora_a = consolidated.get(prefix + name.replace(".weight", ".lora_A.default.weight"))
         if lora_a is None:
             assert torch.equal(tensor, base), name
@@ -90,8 +109,12 @@ def test_lora_weights_are_merged_as_base_plus_scaled_delta_and_the_adapter_is_sa
     assert deltas == 2 * 4  # 2 layers x q, k, v, o
     adapter = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert adapter.keys() == {k.replace(".default", "") for k in consolidated if ".lora_" in k}
-    assert all(torch.equal(t, consolidated[k.replace(".weight", ".default.weight")]) for k, t in adapter.items())
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == checkpoint.train.lora.r
+    assert all(
+        torch.equal(t, consolidated[k.replace(".weight", ".default.weight")]) for k, t in adapter.items()
+    )
+    assert (
+        json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == checkpoint.train.lora.r
+    )
     outputs = manifest.outputs
     assert outputs["merged"] and outputs["adapter_dir"] == str(tmp_path / "adapter")
     assert outputs["verification"]["matches_checkpoint_model"]  # fp32: required, merged == LoRA-wrapped model
@@ -99,7 +122,9 @@ def test_lora_weights_are_merged_as_base_plus_scaled_delta_and_the_adapter_is_sa
 
 def test_a_pretrain_run_keeps_the_tokenizers_own_chat_template(zero_runs, tmp_path):
     _convert(zero_runs["lora"], tmp_path, verify=False)
-    own = transformers.AutoTokenizer.from_pretrained(ZeroCheckpoint.locate(zero_runs["lora"]).data.tokenizer_dir)
+    own = transformers.AutoTokenizer.from_pretrained(
+        ZeroCheckpoint.locate(zero_runs["lora"]).data.tokenizer_dir
+    )
     assert transformers.AutoTokenizer.from_pretrained(tmp_path).chat_template == own.chat_template
 
 
@@ -145,7 +170,9 @@ def test_convert_refuses_when_its_ram_estimate_exceeds_available_memory(zero_run
 
 def test_a_checkpoint_without_the_runs_run_json_is_a_clear_error(zero_runs, tmp_path):
     shutil.copytree(zero_runs["sft"] / "checkpoint_000060", tmp_path / "checkpoint_000060")
-    with pytest.raises(FileNotFoundError, match=r"run\.json: not found\. convert reads the model, LoRA and tokenizer"):
+    with pytest.raises(
+        FileNotFoundError, match=r"run\.json: not found\. convert reads the model, LoRA and tokenizer"
+    ):
         _convert(tmp_path / "checkpoint_000060", tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither a checkpoint .* nor a run directory"):
@@ -190,8 +217,16 @@ def test_without_merging_the_output_is_the_base_model_plus_its_adapter(zero_runs
     consolidated = ZeroCheckpoint.locate(zero_runs["lora"]).state_dict()
     manifest = _convert(zero_runs["lora"], tmp_path, dtype="fp32", merge_lora=False)
     base = _load(tmp_path)
-    assert all(torch.equal(t, consolidated.get(f"base_model.model.{k}", consolidated.get(
-        f"base_model.model.{k}".replace(".weight", ".base_layer.weight")))) for k, t in base.state_dict().items())
+    assert all(
+        torch.equal(
+            t,
+            consolidated.get(
+                f"base_model.model.{k}",
+                consolidated.get(f"base_model.model.{k}".replace(".weight", ".base_layer.weight")),
+            ),
+        )
+        for k, t in base.state_dict().items()
+    )
     wrapped = peft.PeftModel.from_pretrained(base, tmp_path / "adapter")
     assert all(torch.equal(t, consolidated[k]) for k, t in wrapped.state_dict().items())
     assert not manifest.outputs["merged"] and manifest.outputs["verification"]["weights_equal"]
@@ -208,4 +243,6 @@ def test_convert_job_runs_the_stage_from_a_yaml_config(zero_runs, tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"model_dir: {tmp_path / 'model'}" in result.stdout
-    assert json.loads((tmp_path / "model" / "manifest.json").read_text())["outputs"]["verification"]["weights_equal"]
+    assert json.loads((tmp_path / "model" / "manifest.json").read_text())["outputs"]["verification"][
+        "weights_equal"
+    ]

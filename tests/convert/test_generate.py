@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _generate(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmforge.cli", "generate", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "lmforge.cli", "generate", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_hf_streams_the_answer_piece_by_piece_and_stops_at_eos(converted_sft):
@@ -37,7 +43,9 @@ def test_generate_cli_names_a_directory_that_is_not_a_model(tmp_path):
 
 def test_vllm_on_cpu_loads_the_converted_model_and_gives_the_same_greedy_answer(converted_sft):
     started = time.perf_counter()
-    result = _generate(str(converted_sft), QA[0][0], "--engine", "vllm", "--max-new-tokens", "64", timeout=240)
+    result = _generate(
+        str(converted_sft), QA[0][0], "--engine", "vllm", "--max-new-tokens", "64", timeout=240
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == QA[0][1] + "\n"  # vLLM's log lines go to stderr
     assert time.perf_counter() - started < 120

@@ -74,8 +74,10 @@ def test_tokenizer_template_labels_decode_to_the_assistant_texts_each_ending_in_
 def test_decoded_input_is_the_classic_chat_text(tokenizer):
     renderer = ChatRenderer(tokenizer, "classic", 512)
     decoded = tokenizer.decode(renderer.render(MULTI).input_ids)
-    assert decoded == ("User: 头痛怎么办？</s>\n Assistant: 多休息。</s>\n User: 还疼</s>\n Assistant: 去医院看看。</s>"
-                       "\n User: Which department?</s>\n Assistant: Neurology.</s>")
+    assert decoded == (
+        "User: 头痛怎么办？</s>\n Assistant: 多休息。</s>\n User: 还疼</s>\n Assistant: 去医院看看。</s>"
+        "\n User: Which department?</s>\n Assistant: Neurology.</s>"
+    )
     assert decoded == tokenizer.apply_chat_template(MULTI.messages(), tokenize=False,
                                                     chat_template=renderer.chat_template)
 
@@ -98,20 +100,31 @@ def test_tokenizing_the_whole_text_at_once_would_not_match_serving(tokenizer):
     # but a served prompt ends with "Assistant: " and the model generates "The" after it.
     renderer = ChatRenderer(tokenizer, "classic", 512)
     sample = renderer.render(SINGLE)
-    text = tokenizer.apply_chat_template(SINGLE.messages(), tokenize=False, chat_template=renderer.chat_template)
+    text = tokenizer.apply_chat_template(
+        SINGLE.messages(), tokenize=False, chat_template=renderer.chat_template
+    )
     assert tokenizer.encode(text, add_special_tokens=False) != sample.input_ids.tolist()
 
 
 def test_system_prompt_tools_and_tool_results_are_prompt_not_trained(tokenizer):
     conversation = Conversation(
-        [Turn("user", "阿司匹林怎么吃？"), Turn("assistant", '{"name": "查询药品", "arguments": {"药品": "阿司匹林"}}'),
-         Turn("tool", "每日一次，每次100mg。"), Turn("assistant", "每日一次，每次100mg。")],
-        system="你是医生。", tools=TOOLS)
+        [
+            Turn("user", "阿司匹林怎么吃？"),
+            Turn("assistant", '{"name": "查询药品", "arguments": {"药品": "阿司匹林"}}'),
+            Turn("tool", "每日一次，每次100mg。"),
+            Turn("assistant", "每日一次，每次100mg。"),
+        ],
+        system="你是医生。",
+        tools=TOOLS,
+    )
     sample = ChatRenderer(tokenizer, "classic", 512).render(conversation)
     assert tokenizer.decode(sample.input_ids) == (
-        "你是医生。\n\n可用工具:\n" + json.dumps(TOOLS, ensure_ascii=False) + "</s>\n User: 阿司匹林怎么吃？</s>"
+        "你是医生。\n\n可用工具:\n"
+        + json.dumps(TOOLS, ensure_ascii=False)
+        + "</s>\n User: 阿司匹林怎么吃？</s>"
         '\n Assistant: {"name": "查询药品", "arguments": {"药品": "阿司匹林"}}</s>'
-        "\n Observation: 每日一次，每次100mg。</s>\n Assistant: 每日一次，每次100mg。</s>")
+        "\n Observation: 每日一次，每次100mg。</s>\n Assistant: 每日一次，每次100mg。</s>"
+    )
     assert trained_text(tokenizer, sample) == assistant_texts(conversation)
 
 

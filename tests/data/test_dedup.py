@@ -45,7 +45,7 @@ def lsh_edges(texts: list[str], threshold: float = 0.8) -> set[tuple[int, int]]:
     buckets = band_buckets(MinHasher().signatures(texts), *lsh_params(threshold, 128))
     keys = np.repeat(np.arange(len(texts)), buckets.shape[1])
     src, dst = collision_edges(buckets.ravel(), keys)
-    return set(zip(src.tolist(), dst.tolist()))
+    return set(zip(src.tolist(), dst.tolist(), strict=True))
 
 
 def test_paragraph_with_three_substitutions_shares_a_bucket_with_its_original(paragraphs):
@@ -61,7 +61,7 @@ def test_recall_on_lightly_edited_paragraphs_follows_the_lsh_s_curve(paragraphs)
     bands, rows = lsh_params(0.8, 128)
     originals = [p for p in paragraphs if 150 <= len(p) <= 400][:100]
     edited = [substitute(p, 3, seed=i) for i, p in enumerate(originals)]
-    jaccards = np.array([shingle_jaccard(a, b) for a, b in zip(originals, edited)])
+    jaccards = np.array([shingle_jaccard(a, b) for a, b in zip(originals, edited, strict=True)])
     expected = np.mean(1 - (1 - jaccards**rows) ** bands)
     pairs = {(i, i + len(originals)) for i in range(len(originals))}
     recall = len(pairs & lsh_edges(originals + edited)) / len(originals)
@@ -78,7 +78,7 @@ def test_estimated_jaccard_is_within_0_1_of_true_jaccard(paragraphs):
     base = next(p for p in paragraphs if len(p) >= 300)
     others = [substitute(base, k, seed=k) for k in (2, 10, 30)] + [paragraphs[1]]
     sigs = MinHasher().signatures([base, *others])
-    for other, sig in zip(others, sigs[1:]):
+    for other, sig in zip(others, sigs[1:], strict=True):
         estimated = float(np.mean(sig == sigs[0]))
         assert abs(estimated - shingle_jaccard(base, other)) < 0.1
 
@@ -140,7 +140,7 @@ def test_collision_edges_link_each_bucket_to_its_smallest_key_once():
     buckets = np.array([1, 1, 1, 1, 2, 2, 3, 1], dtype=np.int64)
     keys = np.array([9, 3, 5, 3, 9, 3, 4, 5], dtype=np.int64)
     src, dst = collision_edges(buckets, keys)
-    assert list(zip(src.tolist(), dst.tolist())) == [(3, 5), (3, 9)]
+    assert list(zip(src.tolist(), dst.tolist(), strict=True)) == [(3, 5), (3, 9)]
 
 
 def test_find_duplicate_clusters_keeps_the_smallest_key_of_a_chain_whatever_the_edge_order():

@@ -14,8 +14,15 @@ def test_each_marker_pair_splits_a_prompt_into_alternating_turns(user, assistant
 
 def test_full_width_colons_indented_markers_and_any_case_are_markers_too():
     prompt = "患者：头痛\n  医生：休息一下\n\t患者 ：还疼"
-    assert split_marked_dialogue(prompt, "auto") == [("user", "头痛"), ("assistant", "休息一下"), ("user", "还疼")]
-    assert split_marked_dialogue("HUMAN: hi\nassistant: hello", "auto") == [("user", "hi"), ("assistant", "hello")]
+    assert split_marked_dialogue(prompt, "auto") == [
+        ("user", "头痛"),
+        ("assistant", "休息一下"),
+        ("user", "还疼"),
+    ]
+    assert split_marked_dialogue("HUMAN: hi\nassistant: hello", "auto") == [
+        ("user", "hi"),
+        ("assistant", "hello"),
+    ]
 
 
 def test_a_turn_over_several_lines_stays_one_turn():
@@ -61,4 +68,7 @@ def test_auto_wants_the_prompt_to_start_with_a_user_marker_and_always_does_not()
 
 
 def test_never_keeps_the_prompt_whole():
-    assert dialogue_turns("<user>: hi\n<bot>:", "hello", "never") == [("user", "<user>: hi\n<bot>:"), ("assistant", "hello")]
+    assert dialogue_turns("<user>: hi\n<bot>:", "hello", "never") == [
+        ("user", "<user>: hi\n<bot>:"),
+        ("assistant", "hello"),
+    ]

@@ -34,7 +34,10 @@ def test_copies_average_the_factor_and_repeat_with_the_same_seed(factor):
 
 
 def test_without_weights_every_kept_document_appears_once():
-    assert mixture_factors({"tiny": 30, "big": 100_000}, {"tiny": None, "big": None}) == {"tiny": 1.0, "big": 1.0}
+    assert mixture_factors({"tiny": 30, "big": 100_000}, {"tiny": None, "big": None}) == {
+        "tiny": 1.0,
+        "big": 1.0,
+    }
 
 
 def test_without_weights_total_tokens_scales_every_source_alike():

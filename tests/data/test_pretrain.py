@@ -48,7 +48,10 @@ def planted_file(tmp_path_factory, shared_data) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mixed_run(ray_local, tiny_tokenizer, shared_data, planted_file, tmp_path_factory):
+def mixed_run(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    tiny_tokenizer, shared_data, planted_file, tmp_path_factory,
+):
     out = tmp_path_factory.mktemp("mixed")
     pretrain = shared_data / "pretrain"
     cfg = _config(tiny_tokenizer, out, [
@@ -61,7 +64,7 @@ def mixed_run(ray_local, tiny_tokenizer, shared_data, planted_file, tmp_path_fac
 
 
 @pytest.fixture(scope="module")
-def csv_runs(ray_local, tiny_tokenizer, shared_data, tmp_path_factory):
+def csv_runs(ray_local, tiny_tokenizer, shared_data, tmp_path_factory):  # noqa: ARG001 - starts Ray first
     """The GBK medical CSV alone (mixture factor 1), prepared twice into two directories."""
     runs = []
     for name in ("first", "second"):
@@ -75,12 +78,17 @@ def csv_runs(ray_local, tiny_tokenizer, shared_data, tmp_path_factory):
 def test_fever_exact_duplicate_lines_are_removed(mixed_run):
     manifest, out = mixed_run
     fever = manifest.counts["sources"]["fever"]
-    assert fever["exact_duplicates"] >= 4  # the README's 4 repeated lines, plus headings equal once normalised
+    # the README's 4 repeated lines, plus headings equal once normalised
+    assert fever["exact_duplicates"] >= 4
     clusters = [json.loads(line) for line in (out / "dedup_clusters.jsonl").read_text().splitlines()]
     fever_clusters = [c for c in clusters if c["kept"]["source"] == "fever"]
     # the first occurrence in the file is the copy kept
-    assert fever_clusters and all(d["line"] > c["kept"]["line"] for c in fever_clusters for d in c["duplicates"]
-                                  if d["source"] == "fever")
+    assert fever_clusters and all(
+        d["line"] > c["kept"]["line"]
+        for c in fever_clusters
+        for d in c["duplicates"]
+        if d["source"] == "fever"
+    )
 
 
 def test_counts_reconcile_for_every_source(mixed_run, shared_data):
@@ -100,7 +108,9 @@ def test_sources_are_mixed_by_weight(mixed_run):
     assert sources["fever"]["requested_share"] == pytest.approx(2 / 4.2)
     for name in ("fever", "c4", "wiki"):
         # whole documents are repeated or sampled, so shares match up to document granularity
-        assert sources[name]["achieved_share"] == pytest.approx(sources[name]["requested_share"], abs=0.05), name
+        assert sources[name]["achieved_share"] == pytest.approx(sources[name]["requested_share"], abs=0.05), (
+            name
+        )
     assert sources["fever"]["mix_factor"] > 1 > sources["wiki"]["mix_factor"]  # fever up-, wiki down-sampled
     total_blocks_tokens = manifest.outputs["tokens"] + manifest.outputs["dropped_remainder_tokens"]
     assert total_blocks_tokens == sum(s["output_tokens"] for s in sources.values())
@@ -132,7 +142,9 @@ def test_blocks_keep_document_boundaries(mixed_run, tiny_tokenizer):
     manifest, out = mixed_run
     eos = AutoTokenizer.from_pretrained(str(tiny_tokenizer)).eos_token_id
     table = pq.read_table(out / manifest.outputs["shards"][0]["file"])
-    for ids, lens in zip(table.column("input_ids").to_pylist()[:50], table.column("doc_lens").to_pylist()[:50]):
+    for ids, lens in zip(
+        table.column("input_ids").to_pylist()[:50], table.column("doc_lens").to_pylist()[:50], strict=True
+    ):
         assert len(ids) == 256 and sum(lens) == 256
         ends = [sum(lens[: i + 1]) - 1 for i in range(len(lens))]
         assert all(ids[e] == eos for e in ends[:-1])  # every piece but a block's last ends its document
@@ -156,12 +168,16 @@ def test_packing_is_lossless_and_in_order(csv_runs, tiny_tokenizer, shared_data)
     assert len(stream) == manifest.outputs["blocks"] * 256
     # The stream is the kept documents, whole, EOS-terminated, in file order (dedup removed the
     # rest); the last one runs into the dropped remainder.
-    candidates = (tokenizer.encode(text, add_special_tokens=False) + [eos] for text in _csv_documents(shared_data))
+    candidates = (
+        tokenizer.encode(text, add_special_tokens=False) + [eos] for text in _csv_documents(shared_data)
+    )
     matched, position = 0, 0
     for document in candidates:
         if stream[position : position + len(document)] == document:
             matched, position = matched + 1, position + len(document)
-        elif position + len(document) > len(stream) and stream[position:] == document[: len(stream) - position]:
+        elif (
+            position + len(document) > len(stream) and stream[position:] == document[: len(stream) - position]
+        ):
             tail = len(document) - (len(stream) - position)
             break
     else:
@@ -192,7 +208,9 @@ def test_two_runs_give_byte_identical_shards(csv_runs):
 def test_config_typo_fails_naming_the_field(tmp_path):
     config = tmp_path / "pretrain.yaml"
     config.write_text("tokenizer: t\noutput_dir: o\nsources:\n  - path: a.txt\n    wieght: 2\n")
-    with pytest.raises(ConfigError, match=r"(?s)pretrain.yaml.*sources\.0\.wieght: unknown key \(did you mean 'weight'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)pretrain.yaml.*sources\.0\.wieght: unknown key \(did you mean 'weight'\?\)"
+    ):
         load_config(PretrainDataConfig, config)
 
 

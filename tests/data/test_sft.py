@@ -33,7 +33,10 @@ def _config(tokenizer: Path, out: Path, sources: list[dict], **extra) -> SFTData
 
 
 @pytest.fixture(scope="module")
-def all_files_run(ray_local, tiny_tokenizer, shared_data, tmp_path_factory):
+def all_files_run(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    tiny_tokenizer, shared_data, tmp_path_factory,
+):
     out = tmp_path_factory.mktemp("sft-all")
     sources = [{"name": name, "path": [str(shared_data / "sft" / f) for f in files]}
                for name, files in SFT_FILES.items()]
@@ -41,21 +44,24 @@ def all_files_run(ray_local, tiny_tokenizer, shared_data, tmp_path_factory):
 
 
 def _rows(manifest, out: Path) -> list[dict]:
-    return [row for shard in manifest.outputs["shards"] for row in pq.read_table(out / shard["file"]).to_pylist()]
+    return [
+        row for shard in manifest.outputs["shards"] for row in pq.read_table(out / shard["file"]).to_pylist()
+    ]
 
 
 def _samples(rows: list[dict]):
     """(key, input_ids, labels, position_ids) of every sample of every packed row."""
     for row in rows:
         start = 0
-        for key, length in zip(row["keys"], row["boundaries"]):
+        for key, length in zip(row["keys"], row["boundaries"], strict=True):
             end = start + length
             yield key, row["input_ids"][start:end], row["labels"][start:end], row["position_ids"][start:end]
             start = end
 
 
-def _record_of(key: int, manifest, shared_data: Path) -> tuple[str, int]:
-    """The input file and position a sample came from (key = file index << 40 | position; the line for CSV)."""
+def _record_of(key: int, manifest) -> tuple[str, int]:
+    """The input file and position a sample came from (key = file index << 40 | position;
+    the line for CSV)."""
     return manifest.inputs[key >> POSITION_BITS]["path"], key & ((1 << POSITION_BITS) - 1)
 
 
@@ -111,8 +117,8 @@ def test_trained_tokens_decode_to_exactly_the_assistant_texts(all_files_run, tin
             csv_rows[start], start = row, reader.line_num + 1
     checked = 0
     for key, ids, labels, _ in _samples(_rows(manifest, out)):
-        path, line = _record_of(key, manifest, shared_data)
-        trained = tokenizer.decode([t for t, label in zip(ids, labels) if label != -100])
+        path, line = _record_of(key, manifest)
+        trained = tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
         if path.endswith(".csv"):  # single turn: title + ask -> answer, Chinese intact through GBK
             row = csv_rows[line]
             assert trained == row["answer"].strip() + "</s>"
@@ -146,11 +152,21 @@ def test_utilisation_and_trained_share_are_reported(all_files_run):
 def planted_sft_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("planted-sft") / "bad.jsonl"
     lines = [
-        {"conversations": [{"role": "user", "content": "头痛怎么办？"}, {"role": "assistant", "content": "多休息。"}]},
+        {
+            "conversations": [
+                {"role": "user", "content": "头痛怎么办？"},
+                {"role": "assistant", "content": "多休息。"},
+            ]
+        },
         '{"conversations": [',  # line 2: broken JSON
         {"conversations": [{"role": "user", "content": "发热？"}, {"role": "assistant", "content": "  "}]},
-        {"conversations": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                           {"role": "assistant", "content": "c"}]},
+        {
+            "conversations": [
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ]
+        },
         {"messages": [{"role": "user", "content": "x"}]},  # line 5: another schema, no assistant
     ]
     path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)
@@ -158,9 +174,11 @@ def planted_sft_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_bad_records_land_in_quarantine_with_line_and_reason(ray_local, tiny_tokenizer, planted_sft_file, tmp_path):
-    manifest = run_prepare_sft(_config(tiny_tokenizer, tmp_path, [{"name": "bad", "path": str(planted_sft_file)}],
-                                       max_length=256))
+@pytest.mark.usefixtures("ray_local")
+def test_bad_records_land_in_quarantine_with_line_and_reason(tiny_tokenizer, planted_sft_file, tmp_path):
+    manifest = run_prepare_sft(
+        _config(tiny_tokenizer, tmp_path, [{"name": "bad", "path": str(planted_sft_file)}], max_length=256)
+    )
     counts = manifest.counts["sources"]["bad"]
     assert counts["read"] == 5 and counts["quarantined"] == 4 and counts["kept_documents"] == 1
     reasons = {r["line"]: r["reason"] for r in map(json.loads, (tmp_path / "quarantine.jsonl").open())}
@@ -168,18 +186,25 @@ def test_bad_records_land_in_quarantine_with_line_and_reason(ray_local, tiny_tok
     assert "invalid JSON" in reasons[2] and "empty assistant" in reasons[3] and "out of order" in reasons[4]
 
 
-def test_tokenizer_template_trains_only_assistant_turns(ray_local, tiny_tokenizer, shared_data, tmp_path):
-    manifest = run_prepare_sft(_config(
-        tiny_tokenizer, tmp_path, [{"name": "identity", "path": str(shared_data / "sft" / "cognition_dev.json")}],
-        template="tokenizer", max_length=256,
-    ))
+@pytest.mark.usefixtures("ray_local")
+def test_tokenizer_template_trains_only_assistant_turns(tiny_tokenizer, shared_data, tmp_path):
+    manifest = run_prepare_sft(
+        _config(
+            tiny_tokenizer,
+            tmp_path,
+            [{"name": "identity", "path": str(shared_data / "sft" / "cognition_dev.json")}],
+            template="tokenizer",
+            max_length=256,
+        )
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
     answers = {json.loads(line)["conversations"][1]["content"].strip()
                for line in (shared_data / "sft" / "cognition_dev.json").open(encoding="utf-8")}
     samples = list(_samples(_rows(manifest, tmp_path)))
     assert len(samples) == manifest.counts["sources"]["identity"]["output_documents"] > 0
     for _, ids, labels, _ in samples:
-        assert tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]).removesuffix("</s>") in answers
+        trained = tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
+        assert trained.removesuffix("</s>") in answers
 
 
 def test_rendered_rows_of_dropped_conversations_are_empty_and_say_why(tiny_tokenizer):

@@ -126,7 +126,10 @@ def test_gbk_medical_csv_keeps_chinese_and_puts_department_in_meta(shared_data):
     _, records, conversations, _ = _shared(shared_data, GBK_CSV.removeprefix("sft/"))
     first = conversations[records[0].line]
     assert first.meta == {"department": "心血管科"}
-    assert first.turns[0].content == "高血压患者能吃党参吗？\n我有高血压这两天女婿来的时候给我拿了些党参泡水喝，您好高血压可以吃党参吗？"
+    assert first.turns[0].content == (
+        "高血压患者能吃党参吗？\n我有高血压这两天女婿来的时候给我拿了些党参泡水喝，"
+        "您好高血压可以吃党参吗？"
+    )
     assert first.turns[1].content.startswith("高血压病人可以口服党参的")
 
 
@@ -152,12 +155,16 @@ def test_record_format_is_detected_from_keys_and_turn_shape(fields, expected):
 
 def test_unrecognised_file_error_names_the_file_and_the_keys(tmp_path):
     path = write(tmp_path, "x.jsonl", b'{"foo": 1, "bar": 2}\n')
-    with pytest.raises(ValueError, match=r"x\.jsonl: cannot tell the SFT format .* keys \['bar', 'foo'\].*record_format"):
+    with pytest.raises(
+        ValueError, match=r"x\.jsonl: cannot tell the SFT format .* keys \['bar', 'foo'\].*record_format"
+    ):
         detect_file_record_format(str(path), read_all(path)[0].fields)
 
 
 def test_unrecognised_conversation_error_names_the_first_turn_keys(tmp_path):
-    path = write(tmp_path, "x.jsonl", json.dumps({"conversations": [{"speaker": "A", "text": "hi"}]}).encode())
+    path = write(
+        tmp_path, "x.jsonl", json.dumps({"conversations": [{"speaker": "A", "text": "hi"}]}).encode()
+    )
     with pytest.raises(ValueError, match=r"keys \['conversations'\], first turn keys \['speaker', 'text'\]"):
         detect_file_record_format(str(path), read_all(path)[0].fields)
 
@@ -204,9 +211,14 @@ def test_chatglm3_loss_false_turn_is_not_trained():
 
 
 def test_chatglm3_assistant_turn_with_metadata_keeps_its_content():
-    record = {"conversations": [{"role": "user", "content": "q"},
-                                {"role": "assistant", "metadata": "get_weather", "content": "tool_call(city='x')"},
-                                {"role": "observation", "content": "sunny"}, {"role": "assistant", "content": "晴"}]}
+    record = {
+        "conversations": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "metadata": "get_weather", "content": "tool_call(city='x')"},
+            {"role": "observation", "content": "sunny"},
+            {"role": "assistant", "content": "晴"},
+        ]
+    }
     assert [(t.role, t.content) for t in to_conversation(record, "chatglm3").turns] == [
         ("user", "q"), ("assistant", "tool_call(city='x')"), ("tool", "sunny"), ("assistant", "晴")]
 
@@ -214,17 +226,27 @@ def test_chatglm3_assistant_turn_with_metadata_keeps_its_content():
 def test_openai_system_message_becomes_the_system_prompt():
     record = {"messages": [{"role": "system", "content": " 简洁回答 "}, {"role": "user", "content": "1+1?"},
                            {"role": "assistant", "content": "2"}]}
-    assert to_conversation(record, "openai") == Conversation(_chat(("user", "1+1?"), ("assistant", "2")), "简洁回答")
+    assert to_conversation(record, "openai") == Conversation(
+        _chat(("user", "1+1?"), ("assistant", "2")), "简洁回答"
+    )
 
 
 def test_openai_tool_call_is_the_assistant_turn_content():
     call = {"name": "add", "arguments": '{"a": 1}'}
-    record = {"messages": [
-        {"role": "user", "content": "add"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": call}]},
-        {"role": "tool", "content": "1"}, {"role": "assistant", "content": "It is 1.", "weight": 0},
-        {"role": "user", "content": "thanks"}, {"role": "assistant", "content": "welcome"},
-    ]}
+    record = {
+        "messages": [
+            {"role": "user", "content": "add"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "1", "type": "function", "function": call}],
+            },
+            {"role": "tool", "content": "1"},
+            {"role": "assistant", "content": "It is 1.", "weight": 0},
+            {"role": "user", "content": "thanks"},
+            {"role": "assistant", "content": "welcome"},
+        ]
+    }
     turns = to_conversation(record, "openai").turns
     assert json.loads(turns[1].content) == call
     assert [t.trained for t in turns] == [False, True, False, False, False, True]
@@ -264,7 +286,11 @@ def test_chatglm2_history_may_be_missing_null_or_empty(history):
 
 
 def test_alpaca_instruction_holding_a_marked_dialogue_becomes_turns_when_asked():
-    record = {"instruction": "<user>: 头痛\n<bot>: 休息一下", "input": "<user>: 还疼\n<bot>:", "output": "去医院。"}
+    record = {
+        "instruction": "<user>: 头痛\n<bot>: 休息一下",
+        "input": "<user>: 还疼\n<bot>:",
+        "output": "去医院。",
+    }
     assert to_conversation(record, "alpaca", split_dialogue="auto").turns == _chat(
         ("user", "头痛"), ("assistant", "休息一下"), ("user", "还疼"), ("assistant", "去医院。"))
     assert len(to_conversation(record, "alpaca").turns) == 2  # never, unless the caller passes the setting
@@ -278,7 +304,9 @@ def test_chatglm2_prompt_holding_a_marked_dialogue_is_split_after_its_history():
 
 def test_field_map_reads_renamed_fields():
     record = {"prompt": "翻译", "context": "hello", "answer": "你好"}
-    conversation = to_conversation(record, "alpaca", {"instruction": "prompt", "input": "context", "output": "answer"})
+    conversation = to_conversation(
+        record, "alpaca", {"instruction": "prompt", "input": "context", "output": "answer"}
+    )
     assert conversation.turns == _chat(("user", "翻译\nhello"), ("assistant", "你好"))
 
 
@@ -294,7 +322,9 @@ def test_medical_csv_ask_that_repeats_the_title_is_used_alone():
 
 
 def test_qa_reads_any_of_the_common_question_and_answer_names():
-    assert to_conversation({"问": "发烧？", "答": "多喝水"}, "qa").turns == _chat(("user", "发烧？"), ("assistant", "多喝水"))
+    assert to_conversation({"问": "发烧？", "答": "多喝水"}, "qa").turns == _chat(
+        ("user", "发烧？"), ("assistant", "多喝水")
+    )
 
 
 def test_default_system_applies_only_when_the_record_has_none():
@@ -343,7 +373,9 @@ def test_consecutive_user_turns_are_out_of_order():
 
 
 def test_conversation_starting_with_the_assistant_is_out_of_order():
-    with pytest.raises(RecordError, match="role out of order: assistant at turn 1; the first turn must be user"):
+    with pytest.raises(
+        RecordError, match="role out of order: assistant at turn 1; the first turn must be user"
+    ):
         to_conversation(_sharegpt(("gpt", "a"), ("human", "q"), ("gpt", "a")), "sharegpt")
 
 
@@ -354,8 +386,9 @@ def test_tool_turn_after_a_user_turn_is_out_of_order():
 
 def test_system_turn_after_the_first_is_out_of_order():
     with pytest.raises(RecordError, match="role out of order: system at turn 3"):
-        to_conversation(_sharegpt(("human", "q"), ("gpt", "a"), ("system", "s"), ("human", "q"), ("gpt", "a")),
-                        "sharegpt")
+        to_conversation(
+            _sharegpt(("human", "q"), ("gpt", "a"), ("system", "s"), ("human", "q"), ("gpt", "a")), "sharegpt"
+        )
 
 
 def test_unknown_role_is_rejected():
@@ -379,7 +412,12 @@ def test_record_with_only_a_question_has_no_assistant_turn():
 
 
 def test_record_whose_answers_all_have_loss_off_has_nothing_to_train():
-    record = {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "loss": False}]}
+    record = {
+        "conversations": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a", "loss": False},
+        ]
+    }
     with pytest.raises(RecordError, match="no trained turn"):
         to_conversation(record, "chatglm3")
 
@@ -389,7 +427,9 @@ def test_prepare_sft_splits_a_marked_dialogue_by_default_and_keeps_it_whole_when
     from lmforge.data.sft import _conversation_json  # the converter prepare-sft reads every record with
 
     record = {"instruction": "Human: 头痛\nAssistant: 休息一下\nHuman: 还疼", "output": "去医院。"}
-    split = Conversation.from_json(_conversation_json(record, SFTSourceConfig(path="x.json", record_format="alpaca")))
+    split = Conversation.from_json(
+        _conversation_json(record, SFTSourceConfig(path="x.json", record_format="alpaca"))
+    )
     whole = SFTSourceConfig(path="x.json", record_format="alpaca", split_dialogue="never")
     assert [t.role for t in split.turns] == ["user", "assistant", "user", "assistant"]
     assert len(Conversation.from_json(_conversation_json(record, whole)).turns) == 2

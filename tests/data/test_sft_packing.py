@@ -48,7 +48,7 @@ def test_every_sample_appears_once_whole_and_unchanged(mode):
     seen = []
     for row in rows.to_pylist():
         start = 0
-        for length, key in zip(row["boundaries"], row["keys"]):
+        for length, key in zip(row["boundaries"], row["keys"], strict=True):
             ids, labels = row["input_ids"][start:start + length], row["labels"][start:start + length]
             assert ids == by_key[key]["input_ids"]
             # the first label is never a target of the shifted loss; packing masks it (see the module)
@@ -142,26 +142,39 @@ def test_packed_loss_equals_the_token_weighted_mean_of_per_sample_losses(attn):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=128, attn_implementation=attn)
+    config = transformers.LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        attn_implementation=attn,
+    )
     model = transformers.LlamaForCausalLM(config).float().eval()
 
     rng = np.random.default_rng(0)
     lengths = [11, 9, 7, 3]
     ids = [rng.integers(0, 97, n).astype(np.int32) for n in lengths]
-    labels = [np.where(np.arange(n) < 2, -100, t).astype(np.int32) for n, t in zip(lengths, ids)]
+    labels = [np.where(np.arange(n) < 2, -100, t).astype(np.int32) for n, t in zip(lengths, ids, strict=True)]
     labels[1] = ids[1].copy()  # a sample trained on every token: its first label must not leak
-    samples = pa.table({"key": pa.array(range(4), pa.int64()), "input_ids": pa.array(ids, pa.list_(pa.int32())),
-                        "labels": pa.array(labels, pa.list_(pa.int32()))})
+    samples = pa.table(
+        {
+            "key": pa.array(range(4), pa.int64()),
+            "input_ids": pa.array(ids, pa.list_(pa.int32())),
+            "labels": pa.array(labels, pa.list_(pa.int32())),
+        }
+    )
     [row] = pack_samples(samples, CAPACITY, "packed").to_pylist()
 
     def loss(input_ids, labels, **kwargs):
         tensor = lambda x: torch.tensor([list(x)], dtype=torch.long)
         with torch.no_grad():
-            return model(input_ids=tensor(input_ids), labels=tensor(labels), use_cache=False, **kwargs).loss.item()
+            return model(
+                input_ids=tensor(input_ids), labels=tensor(labels), use_cache=False, **kwargs
+            ).loss.item()
 
     packed = loss(row["input_ids"], row["labels"], position_ids=torch.tensor([row["position_ids"]]),
                   attention_mask=None)
     targets = [int((lab[1:] != -100).sum()) for lab in labels]
-    alone = [loss(i, lab) for i, lab in zip(ids, labels)]
+    alone = [loss(i, lab) for i, lab in zip(ids, labels, strict=True)]
     assert packed == pytest.approx(np.dot(alone, targets) / sum(targets), abs=1e-4)

@@ -54,10 +54,18 @@ def test_a_record_position_that_would_spill_into_the_file_index_is_refused():
 def test_question_and_answer_blocks_of_a_text_source_are_one_document_each_by_default(tmp_path):
     path = tmp_path / "qa.txt"
     path.write_text("发热怎么办？\n多喝水。\n\n\n咳嗽怎么办？\n看医生。\n", encoding="utf-8")
-    assert [row["text"] for row in _rows(SourceConfig(path=str(path)))] == ["发热怎么办？\n多喝水。", "咳嗽怎么办？\n看医生。"]
+    assert [row["text"] for row in _rows(SourceConfig(path=str(path)))] == [
+        "发热怎么办？\n多喝水。",
+        "咳嗽怎么办？\n看医生。",
+    ]
 
 
 def test_json_lines_of_questions_and_answers_in_a_txt_source_become_qa_documents(tmp_path):
     path = tmp_path / "qa.txt"
-    path.write_text('{"问": "发热怎么办？", "答": "多喝水。"}\n{"问": "咳嗽？", "答": "看医生。"}\n', encoding="utf-8")
-    assert [row["text"] for row in _rows(SourceConfig(path=str(path)))] == ["发热怎么办？\n多喝水。", "咳嗽？\n看医生。"]
+    path.write_text(
+        '{"问": "发热怎么办？", "答": "多喝水。"}\n{"问": "咳嗽？", "答": "看医生。"}\n', encoding="utf-8"
+    )
+    assert [row["text"] for row in _rows(SourceConfig(path=str(path)))] == [
+        "发热怎么办？\n多喝水。",
+        "咳嗽？\n看医生。",
+    ]

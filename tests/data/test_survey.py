@@ -146,11 +146,17 @@ def _pretty_objects(records, between="\n"):
 
 
 def test_pretty_printed_json_objects_back_to_back_are_read_as_a_stream_of_objects(tmp_path):
-    records = [{"instruction": "发热怎么办？", "output": "多喝水。"}, {"instruction": "咳嗽？", "output": "看医生。"}]
+    records = [
+        {"instruction": "发热怎么办？", "output": "多喝水。"},
+        {"instruction": "咳嗽？", "output": "看医生。"},
+    ]
     path = write(tmp_path, "objects.json", _pretty_objects(records))
     survey = survey_file(str(path))
     assert survey.format == "json_objects" and "back to back" in survey.detected
-    assert [(r.line, r.position, r.fields) for r in read_all(path)] == [(1, 1, records[0]), (5, 2, records[1])]
+    assert [(r.line, r.position, r.fields) for r in read_all(path)] == [
+        (1, 1, records[0]),
+        (5, 2, records[1]),
+    ]
 
 
 def test_json_objects_with_commas_or_nothing_between_them_are_all_read(tmp_path):
@@ -195,7 +201,9 @@ def test_question_and_answer_blocks_between_blank_lines_are_one_document_each(tm
 
 
 def test_hard_wrapped_english_paragraphs_are_one_document_each(tmp_path):
-    paragraph = "\n".join(["The quick brown fox jumps over the lazy dog and keeps running until"] * 11 + ["done."])
+    paragraph = "\n".join(
+        ["The quick brown fox jumps over the lazy dog and keeps running until"] * 11 + ["done."]
+    )
     path = write(tmp_path, "essay.txt", "\n\n".join([paragraph] * 3).encode())
     assert survey_file(str(path)).text_unit == "paragraph"
     assert [r.fields["text"] for r in read_all(path, text_unit="auto")] == [paragraph] * 3

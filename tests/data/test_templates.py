@@ -11,7 +11,10 @@ def _source(**kwargs) -> SourceConfig:
 
 
 def test_qa_is_question_newline_answer_with_common_field_names():
-    assert render_text({"q": "发热怎么办？", "a": "多喝水。"}, _source(template="qa")) == "发热怎么办？\n多喝水。"
+    assert (
+        render_text({"q": "发热怎么办？", "a": "多喝水。"}, _source(template="qa"))
+        == "发热怎么办？\n多喝水。"
+    )
     assert render_text({"问": "咳嗽？", "答": "看医生。"}, _source(template="qa")) == "咳嗽？\n看医生。"
 
 
@@ -22,7 +25,12 @@ def test_dialogue_labels_patient_and_doctor():
 
 
 def test_medical_csv_is_title_ask_then_answer():
-    record = {"department": "心血管科", "title": "高血压能吃党参吗？", "ask": "我有高血压", "answer": "可以。"}
+    record = {
+        "department": "心血管科",
+        "title": "高血压能吃党参吗？",
+        "ask": "我有高血压",
+        "answer": "可以。",
+    }
     assert render_text(record, _source(template="medical_csv")) == "高血压能吃党参吗？\n我有高血压\n可以。"
 
 

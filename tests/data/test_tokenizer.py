@@ -39,9 +39,13 @@ def test_classic_template_renders_tools_in_the_system_part_and_tool_results_as_o
     tools = [{"name": "查询药品", "parameters": {"type": "object"}}]
     messages = [{"role": "system", "content": "你是医生。"}, {"role": "user", "content": "q"},
                 {"role": "assistant", "content": "call"}, {"role": "tool", "content": "result"}]
-    rendered = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
-    assert rendered == ('你是医生。\n\n可用工具:\n[{"name": "查询药品", "parameters": {"type": "object"}}]</s>'
-                        "\n User: q</s>\n Assistant: call</s>\n Observation: result</s>\n Assistant: ")
+    rendered = tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == (
+        '你是医生。\n\n可用工具:\n[{"name": "查询药品", "parameters": {"type": "object"}}]</s>'
+        "\n User: q</s>\n Assistant: call</s>\n Observation: result</s>\n Assistant: "
+    )
 
 
 def test_classic_template_refuses_an_unknown_role(tiny_tokenizer):
@@ -64,10 +68,16 @@ def test_the_manifest_lists_each_input_file_with_its_checksum(tiny_tokenizer, sh
 def test_an_unreadable_file_is_reported_and_the_others_still_train(tmp_path):
     (tmp_path / "good.txt").write_text("发热是常见症状。\nFever is common.\n" * 20, encoding="utf-8")
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
-    manifest = train_tokenizer(TokenizerTrainConfig(
-        sources=[SourceConfig(path=str(tmp_path / "good.txt")), SourceConfig(path=str(tmp_path / "broken.parquet"))],
-        output_dir=str(tmp_path / "out"), vocab_size=300,
-    ))
+    manifest = train_tokenizer(
+        TokenizerTrainConfig(
+            sources=[
+                SourceConfig(path=str(tmp_path / "good.txt")),
+                SourceConfig(path=str(tmp_path / "broken.parquet")),
+            ],
+            output_dir=str(tmp_path / "out"),
+            vocab_size=300,
+        )
+    )
     assert manifest.counts["unreadable_files"] == 1 and manifest.counts["documents"] == 40
     assert "sha256" in manifest.inputs[0]
     assert manifest.inputs[1]["error"].startswith(f"cannot read {tmp_path / 'broken.parquet'} as parquet")

@@ -19,18 +19,22 @@ def prompt_files(tmp_path_factory):
     """50 prompts (the two trained questions, alternately), one over-long prompt, one broken line,
     and two ShareGPT conversations in a second file."""
     root = tmp_path_factory.mktemp("prompts")
-    lines = [json.dumps({"id": f"p{i:02d}", "prompt": QA[i % 2][0]}, ensure_ascii=False) for i in range(N_PROMPTS)]
+    lines = [
+        json.dumps({"id": f"p{i:02d}", "prompt": QA[i % 2][0]}, ensure_ascii=False) for i in range(N_PROMPTS)
+    ]
     lines.insert(10, json.dumps({"id": "too-long", "prompt": "头痛怎么办？" * 200}, ensure_ascii=False))
     lines.insert(20, '{"id": "broken", "prompt": ')
     (root / "prompts.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    sharegpt = [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in QA]
+    sharegpt = [
+        {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in QA
+    ]
     (root / "chats.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sharegpt),
                                       encoding="utf-8")
     return root
 
 
 @pytest.fixture(scope="module")
-def runs(ray_local, chat_model_dir, prompt_files, tmp_path_factory):
+def runs(ray_local, chat_model_dir, prompt_files, tmp_path_factory):  # noqa: ARG001 - starts Ray first
     """The job run twice on the same output_dir: the manifests of both runs and the output dir."""
     from lmforge.infer.batch_infer import run_batch_infer
 
@@ -61,7 +65,8 @@ def test_every_prompt_id_is_answered_exactly_once(runs):
 
 def test_answers_are_the_trained_replies_in_the_chat_template_and_stop_at_eos(runs):
     rows = {row["id"]: row for row in _answers(Path(runs[2].output_dir))}
-    assert {rows[f"p{i:02d}"]["text"] for i in range(0, N_PROMPTS, 2)} == {QA[0][1]}  # greedy: the same every time
+    # greedy: the same every time
+    assert {rows[f"p{i:02d}"]["text"] for i in range(0, N_PROMPTS, 2)} == {QA[0][1]}
     assert len({rows[f"p{i:02d}"]["text"] for i in range(1, N_PROMPTS, 2)}) == 1
     assert rows["p00"]["finish_reason"] == "stop" and 0 < rows["p00"]["generated_tokens"] < 32
     assert rows["p00"]["prompt_tokens"] > 0 and rows["p00"]["source"] == "prompts"
@@ -84,7 +89,10 @@ def test_counts_reconcile(runs):
     for manifest in runs[:2]:
         c = manifest.counts
         assert c["read"] == N_PROMPTS + 2 + 2  # 50 prompts, too-long, broken, two conversations
-        assert c["read"] == c["quarantined"] + c["repeated_ids"] + c["already_answered"] + c["answered"] + c["failed"]
+        assert (
+            c["read"]
+            == c["quarantined"] + c["repeated_ids"] + c["already_answered"] + c["answered"] + c["failed"]
+        )
 
 
 def test_a_rerun_skips_every_answered_id_and_retries_only_the_failed_one(runs):
@@ -95,7 +103,7 @@ def test_a_rerun_skips_every_answered_id_and_retries_only_the_failed_one(runs):
     assert len(_answers(Path(cfg.output_dir))) == N_PROMPTS + 2  # nothing written twice
 
 
-def test_an_output_dir_of_another_job_is_refused(runs, chat_model_dir):
+def test_an_output_dir_of_another_job_is_refused(runs):
     from lmforge.infer.batch_infer import prepare_output_dir
 
     cfg = runs[2].model_copy(update={"sampling": SamplingConfig(max_tokens=7)})

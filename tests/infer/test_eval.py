@@ -46,16 +46,37 @@ def test_the_option_with_the_highest_log_likelihood_is_the_answer():
 def test_a_question_with_an_unscored_option_counts_as_wrong():
     loglik = {(0, L): (math.nan if L == "D" else -1.0 + (L == "A")) for L in "ABCD"}
     metrics = score_multiple_choice(judge_answers(QUESTIONS[:1], loglik, {}))
-    assert metrics["accuracy_loglik"] == 0.0 and metrics["unscored"] == 1 and metrics["unparsed_generations"] == 1
+    assert (
+        metrics["accuracy_loglik"] == 0.0
+        and metrics["unscored"] == 1
+        and metrics["unparsed_generations"] == 1
+    )
 
 
 def test_each_question_is_judged_with_its_log_likelihoods_generation_and_gold_answer():
-    question = {"question": "发热?", "A": "是", "B": "否", "C": "不一定", "D": "不知道", "answer": "B", "id": "q-17"}
+    question = {
+        "question": "发热?",
+        "A": "是",
+        "B": "否",
+        "C": "不一定",
+        "D": "不知道",
+        "answer": "B",
+        "id": "q-17",
+    }
     loglik = {(0, "A"): -0.5, (0, "B"): -1.25, (0, "C"): -3.0, (0, "D"): math.nan}
-    assert judge_answers([question], loglik, {0: "否。"}) == [{
-        "question_id": "q-17", "question": "发热?", "answer": "B",
-        "loglik": {"A": -0.5, "B": -1.25, "C": -3.0, "D": None}, "choice_loglik": None, "correct_loglik": False,
-        "generated": "否。", "choice_generated": "B", "correct_generated": True}]
+    assert judge_answers([question], loglik, {0: "否。"}) == [
+        {
+            "question_id": "q-17",
+            "question": "发热?",
+            "answer": "B",
+            "loglik": {"A": -0.5, "B": -1.25, "C": -3.0, "D": None},
+            "choice_loglik": None,
+            "correct_loglik": False,
+            "generated": "否。",
+            "choice_generated": "B",
+            "correct_generated": True,
+        }
+    ]
     loglik[(0, "D")] = -9.0
     judged = judge_answers([{**question, "answer": "A"}], loglik, {0: "The answer is C"})[0]
     assert (judged["choice_loglik"], judged["correct_loglik"]) == ("A", True)
@@ -63,10 +84,14 @@ def test_each_question_is_judged_with_its_log_likelihoods_generation_and_gold_an
 
 
 def test_questions_load_from_csv_with_any_column_case_and_errors_name_the_line(tmp_path):
-    (tmp_path / "q.csv").write_text("Question,A,B,C,D,Answer\n发热?,是,否,不一定,不知道,a\n", encoding="utf-8")
+    (tmp_path / "q.csv").write_text(
+        "Question,A,B,C,D,Answer\n发热?,是,否,不一定,不知道,a\n", encoding="utf-8"
+    )
     assert load_questions(str(tmp_path / "q.csv")) == [
         {"question": "发热?", "A": "是", "B": "否", "C": "不一定", "D": "不知道", "answer": "A"}]
-    (tmp_path / "ids.jsonl").write_text('{"id": 7, "question": "x", "A": 1, "B": 2, "C": 3, "D": 4, "answer": "C"}\n')
+    (tmp_path / "ids.jsonl").write_text(
+        '{"id": 7, "question": "x", "A": 1, "B": 2, "C": 3, "D": 4, "answer": "C"}\n'
+    )
     assert load_questions(str(tmp_path / "ids.jsonl"))[0]["id"] == 7
     (tmp_path / "bad.json").write_text('[{"question": "x", "A": 1, "B": 2, "C": 3, "D": 4, "answer": "E"}]')
     with pytest.raises(ValueError, match=r"bad.json:1: Answer 'E' is not one of"):
@@ -78,10 +103,16 @@ def test_every_file_eval_reads_is_listed_with_size_and_checksum(tmp_path, shared
     for name in ("test.json", "dev.json"):
         (tmp_path / name).write_text(json.dumps([row], ensure_ascii=False), encoding="utf-8")
     cfg = EvalConfig(
-        models=[str(tmp_path / "model")], output_dir=str(tmp_path / "out"),
-        perplexity=PerplexityTaskConfig(sources=[SourceConfig(path=str(shared_data / "pretrain" / "fever.txt"))]),
-        multiple_choice=[MultipleChoiceTaskConfig(name="t", path=str(tmp_path / "test.json"),
-                                                  dev_path=str(tmp_path / "dev.json"))],
+        models=[str(tmp_path / "model")],
+        output_dir=str(tmp_path / "out"),
+        perplexity=PerplexityTaskConfig(
+            sources=[SourceConfig(path=str(shared_data / "pretrain" / "fever.txt"))]
+        ),
+        multiple_choice=[
+            MultipleChoiceTaskConfig(
+                name="t", path=str(tmp_path / "test.json"), dev_path=str(tmp_path / "dev.json")
+            )
+        ],
         open_qa=OpenQATaskConfig(path=str(shared_data / "eval" / "CMB-test-qa.json")),
     )
     inputs = EvalData.load(cfg).inputs(cfg)
@@ -97,7 +128,9 @@ def test_every_file_eval_reads_is_listed_with_size_and_checksum(tmp_path, shared
 def test_perplexity_windows_end_documents_with_eos_and_drop_single_tokens():
     windows = perplexity_windows(["ab", "abcde"], encode=lambda t: [ord(c) for c in t], eos_id=0, window=3)
     assert windows == [[97, 98, 0], [97, 98, 99], [100, 101, 0]]
-    assert perplexity_windows(["abc"], encode=lambda t: [ord(c) for c in t], eos_id=0, window=3) == [[97, 98, 99]]
+    assert perplexity_windows(["abc"], encode=lambda t: [ord(c) for c in t], eos_id=0, window=3) == [
+        [97, 98, 99]
+    ]
 
 
 def test_char_f1_counts_shared_characters():
@@ -106,8 +139,10 @@ def test_char_f1_counts_shared_characters():
 
 
 def test_the_markdown_report_has_a_table_per_task_and_a_row_per_model():
-    metrics = {"perplexity": {"base": {"perplexity": 12.5, "windows": 3}, "sft": {"perplexity": 9.25, "windows": 3}},
-               "multiple_choice/cmexam": {"base": {"accuracy_loglik": 0.25}, "sft": {"accuracy_loglik": None}}}
+    metrics = {
+        "perplexity": {"base": {"perplexity": 12.5, "windows": 3}, "sft": {"perplexity": 9.25, "windows": 3}},
+        "multiple_choice/cmexam": {"base": {"accuracy_loglik": 0.25}, "sft": {"accuracy_loglik": None}},
+    }
     text = render_markdown([{"name": "base", "path": "/m/base"}, {"name": "sft", "path": "/m/sft"}], metrics)
     assert "## Perplexity" in text and "## Multiple choice: cmexam" in text
     assert "| sft | 9.25 | 3 |" in text and "| sft | - |" in text
@@ -115,26 +150,50 @@ def test_the_markdown_report_has_a_table_per_task_and_a_row_per_model():
 
 
 @pytest.fixture(scope="module")
-def eval_run(ray_local, chat_model_dir, qa_writer_model_dir, shared_data, tmp_path_factory):
+def eval_run(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    chat_model_dir, qa_writer_model_dir, shared_data, tmp_path_factory,
+):
     from lmforge.infer.evaluate import run_eval
 
     root = tmp_path_factory.mktemp("eval")
     # Options are the trained answers: scored as continuations of the chat prompt, the chat model's
     # own answer must win (a model biased toward the right options, end to end).
     others = ["今天天气很好。", "传染病学是一门学科。"]
-    rows = [{"Question": QA[0][0], "A": QA[0][1], "B": QA[1][1], "C": others[0], "D": others[1], "Answer": "A"},
-            {"Question": QA[1][0], "A": others[0], "B": QA[1][1], "C": QA[0][1], "D": others[1], "Answer": "B"}]
+    rows = [
+        {"Question": QA[0][0], "A": QA[0][1], "B": QA[1][1], "C": others[0], "D": others[1], "Answer": "A"},
+        {"Question": QA[1][0], "A": others[0], "B": QA[1][1], "C": QA[0][1], "D": others[1], "Answer": "B"},
+    ]
     (root / "mcq.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     cfg = EvalConfig(
-        models=[{"name": "chat", "path": str(chat_model_dir)}, {"name": "writer", "path": str(qa_writer_model_dir)}],
+        models=[
+            {"name": "chat", "path": str(chat_model_dir)},
+            {"name": "writer", "path": str(qa_writer_model_dir)},
+        ],
         output_dir=str(root / "out"),
-        perplexity=PerplexityTaskConfig(sources=[SourceConfig(path=str(shared_data / "pretrain" / "fever.txt"))],
-                                        window=64, max_documents=4),
-        multiple_choice=[MultipleChoiceTaskConfig(name="trained", path=str(root / "mcq.json"), shots=0, chat=True,
-                                                  header="", question_template="{question}", continuation="{text}",
-                                                  generate_max_tokens=16)],  # room for a whole option text
-        open_qa=OpenQATaskConfig(path=str(shared_data / "eval" / "CMB-test-qa.json"), max_cases=2, max_tokens=16,
-                                 max_description_chars=60),
+        perplexity=PerplexityTaskConfig(
+            sources=[SourceConfig(path=str(shared_data / "pretrain" / "fever.txt"))],
+            window=64,
+            max_documents=4,
+        ),
+        multiple_choice=[
+            MultipleChoiceTaskConfig(
+                name="trained",
+                path=str(root / "mcq.json"),
+                shots=0,
+                chat=True,
+                header="",
+                question_template="{question}",
+                continuation="{text}",
+                generate_max_tokens=16,  # room for a whole option text
+            )
+        ],
+        open_qa=OpenQATaskConfig(
+            path=str(shared_data / "eval" / "CMB-test-qa.json"),
+            max_cases=2,
+            max_tokens=16,
+            max_description_chars=60,
+        ),
         engine=EngineConfig(batch_size=16),
     )
     return run_eval(cfg), root / "out", cfg
@@ -179,7 +238,7 @@ def test_perplexity_equals_exp_of_the_mean_token_loss_computed_with_transformers
         hf = transformers.AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32).eval()
         texts = list(LocalSources.survey(cfg.perplexity.sources).texts(cfg.perplexity.max_documents))
         encode = tokenizer.backend_tokenizer.encode
-        windows = perplexity_windows(texts, lambda t: encode(t, add_special_tokens=False).ids,  # noqa: B023
+        windows = perplexity_windows(texts, lambda t: encode(t, add_special_tokens=False).ids,  # noqa: B023 - called in this iteration
                                      tokenizer.eos_token_id, cfg.perplexity.window)
         total, count = 0.0, 0
         with torch.no_grad():

@@ -8,13 +8,15 @@ from lmforge.infer.parsers import Unparsed, parse_choice, parse_dialogue, parse_
 
 
 def test_numbered_questions_pair_with_their_answers():
-    text = "问题1:什么是疟疾?\n答案1:疟疾是由疟原虫引起的传染病。\n问题2:疟疾怎么传播?\n答案2:主要经按蚊叮咬传播。"
+    text = ("问题1:什么是疟疾?\n答案1:疟疾是由疟原虫引起的传染病。\n"
+            "问题2:疟疾怎么传播?\n答案2:主要经按蚊叮咬传播。")
     assert parse_qa_pairs(text) == [("什么是疟疾?", "疟疾是由疟原虫引起的传染病。"),
                                     ("疟疾怎么传播?", "主要经按蚊叮咬传播。")]
 
 
 def test_full_width_colons_spaces_and_list_numbers_are_accepted():
-    text = "好的,以下是问题:\n1. 问题：伤寒的病原体是什么？\n   答案：伤寒沙门菌。\n2. 问：如何预防？\n答：接种疫苗。"
+    text = ("好的,以下是问题:\n1. 问题：伤寒的病原体是什么？\n   答案：伤寒沙门菌。\n"
+            "2. 问：如何预防？\n答：接种疫苗。")
     assert parse_qa_pairs(text) == [("伤寒的病原体是什么？", "伤寒沙门菌。"), ("如何预防？", "接种疫苗。")]
 
 
@@ -28,11 +30,13 @@ def test_an_answer_numbered_for_another_question_is_not_paired():
 
 
 def test_english_q_and_a_markers_work():
-    assert parse_qa_pairs("Q1: What causes malaria?\nA1: Plasmodium.") == [("What causes malaria?", "Plasmodium.")]
+    assert parse_qa_pairs("Q1: What causes malaria?\nA1: Plasmodium.") == [
+        ("What causes malaria?", "Plasmodium.")
+    ]
 
 
-@pytest.mark.parametrize("garbage", ["", "的的的 了了了 传染病传染病", "问题1:只有问题没有答案?", "答案1:只有答案。",
-                                     "问题1:\n答案1:", "<unk></s> 4 8 ,,,"])
+@pytest.mark.parametrize("garbage", ["", "的的的 了了了 传染病传染病", "问题1:只有问题没有答案?",
+                                     "答案1:只有答案。", "问题1:\n答案1:", "<unk></s> 4 8 ,,,"])
 def test_garbage_is_unparsed_with_a_reason(garbage):
     with pytest.raises(Unparsed):
         parse_qa_pairs(garbage)
@@ -61,7 +65,8 @@ OPTIONS = {"A": "发热", "B": "咳嗽。", "C": "Headache", "D": "B超检查"}
 @pytest.mark.parametrize(("text", "letter"), [
     ("A", "A"), (" C。", "C"), ("B\n因为咳嗽是主要症状", "B"), ("D\nBecause it is the test", "D"),
     ("(A)", "A"), ("（B）", "B"), ("【C】", "C"), ("[d] headache", "D"),
-    ("A.", "A"), ("A. 发热", "A"), ("B、咳嗽", "B"), ("C:", "C"), ("D)", "D"), ("A,因为", "A"), ("B 咳嗽", "B"),
+    ("A.", "A"), ("A. 发热", "A"), ("B、咳嗽", "B"), ("C:", "C"), ("D)", "D"), ("A,因为", "A"),
+    ("B 咳嗽", "B"),
     ("Ａ", "A"), ("b) cough", "B"), ("c. headache", "C"),
     ("答案：A", "A"), ("答案:B", "B"), ("答案是C", "C"), ("答案为 D。", "D"), ("答案应该是（B）", "B"),
     ("选A", "A"), ("选A,因为", "A"), ("选择 B", "B"), ("正确答案为C", "C"), ("故正确选项为D", "D"),

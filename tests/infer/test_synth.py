@@ -1,4 +1,5 @@
-"""lmforge synth: recipes on strings, and a QA-from-passages job on real Ray Data + vLLM feeding prepare-sft."""
+"""lmforge synth: recipes on strings,
+and a QA-from-passages job on real Ray Data + vLLM feeding prepare-sft."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from lmforge.infer.synth import conversations_from, split_passages
 
 
 def _cfg(recipe: str, **kw) -> SynthConfig:
-    return SynthConfig(recipe=recipe, model_dir="m", sources=[SourceConfig(path="x.txt")], output_dir="o", **kw)
+    return SynthConfig(
+        recipe=recipe, model_dir="m", sources=[SourceConfig(path="x.txt")], output_dir="o", **kw
+    )
 
 
 def _result(text: str, finish_reason: str = "stop", error: str = "") -> dict:
@@ -29,17 +32,34 @@ def _result(text: str, finish_reason: str = "stop", error: str = "") -> dict:
 
 def test_passages_keep_whole_sentences_up_to_the_limit():
     text = "第一句话。第二句话比较长一些！第三句？" + "长" * 25
-    assert split_passages(text, max_chars=12) == ["第一句话。", "第二句话比较长一些！", "第三句？", "长" * 12, "长" * 12, "长"]
+    assert split_passages(text, max_chars=12) == [
+        "第一句话。",
+        "第二句话比较长一些！",
+        "第三句？",
+        "长" * 12,
+        "长" * 12,
+        "长",
+    ]
     assert split_passages("一。二。三。", max_chars=12) == ["一。二。三。"]
 
 
 def test_a_parsed_answer_becomes_one_conversation_per_pair_with_the_passage_as_provenance():
-    item = {"id": "fever:3:0", "passage": "...", "provenance": {"source": "fever", "line": 3, "passage_id": "fever:3:0"}}
+    item = {
+        "id": "fever:3:0",
+        "passage": "...",
+        "provenance": {"source": "fever", "line": 3, "passage_id": "fever:3:0"},
+    }
     text = "问题1:疟疾由什么引起?\n答案1:疟原虫。\n问题2:疟疾怎么传播?\n答案2:按蚊叮咬。"
     records = conversations_from(_cfg("qa_from_passages"), item, _result(text))
     assert [r["id"] for r in records] == ["fever:3:0#1", "fever:3:0#2"]
-    assert records[0]["conversations"] == [{"from": "human", "value": "疟疾由什么引起?"}, {"from": "gpt", "value": "疟原虫。"}]
-    assert records[1]["provenance"]["passage_id"] == "fever:3:0" and records[1]["provenance"]["recipe"] == "qa_from_passages"
+    assert records[0]["conversations"] == [
+        {"from": "human", "value": "疟疾由什么引起?"},
+        {"from": "gpt", "value": "疟原虫。"},
+    ]
+    assert (
+        records[1]["provenance"]["passage_id"] == "fever:3:0"
+        and records[1]["provenance"]["recipe"] == "qa_from_passages"
+    )
 
 
 @pytest.mark.parametrize(("result", "match"), [
@@ -65,7 +85,12 @@ def test_multi_turn_extends_the_pair_and_drops_a_repeated_opening():
     item = {"id": "d:1", "question": "头痛怎么办?", "answer": "多休息。", "provenance": {}}
     text = "患者:头痛怎么办?\n医生:多休息。\n患者:要吃药吗?\n医生:疼得厉害可以吃止痛药。"
     [record] = conversations_from(_cfg("multi_turn"), item, _result(text))
-    assert [t["value"] for t in record["conversations"]] == ["头痛怎么办?", "多休息。", "要吃药吗?", "疼得厉害可以吃止痛药。"]
+    assert [t["value"] for t in record["conversations"]] == [
+        "头痛怎么办?",
+        "多休息。",
+        "要吃药吗?",
+        "疼得厉害可以吃止痛药。",
+    ]
     with pytest.raises(Unparsed, match="only repeats"):
         conversations_from(_cfg("multi_turn"), item, _result("患者:头痛怎么办?\n医生:多休息。"))
 
@@ -76,13 +101,15 @@ def test_a_template_without_its_slot_is_a_config_error():
 
 
 @pytest.fixture(scope="module")
-def synth_run(ray_local, qa_writer_model_dir, tmp_path_factory):
+def synth_run(ray_local, qa_writer_model_dir, tmp_path_factory):  # noqa: ARG001 - starts Ray first
     from lmforge.infer.synth import run_synth
 
     root = tmp_path_factory.mktemp("synth")
     # the two trained passages, a heading (too short), a passage of rare characters too long for the engine
     too_long = "".join(chr(0x4E00 + 7 * i) for i in range(380))
-    (root / "book.txt").write_text("\n".join([PASSAGES[0], "第一章", PASSAGES[1], too_long]) + "\n", encoding="utf-8")
+    (root / "book.txt").write_text(
+        "\n".join([PASSAGES[0], "第一章", PASSAGES[1], too_long]) + "\n", encoding="utf-8"
+    )
     cfg = SynthConfig(recipe="qa_from_passages", model_dir=str(qa_writer_model_dir),
                       sources=[SourceConfig(path=str(root / "book.txt"))], output_dir=str(root / "out"),
                       passage_chars=400, min_passage_chars=10, sampling=SamplingConfig(max_tokens=64),

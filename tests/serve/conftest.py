@@ -1,5 +1,6 @@
 """Serve fixtures: one Serve app for the whole serve package (starting one takes 45-130 s here) on the
-session's `chat_model_dir` (tests/conftest.py: a tiny SFT model that answers two fixed questions, then EOS)."""
+session's `chat_model_dir` (tests/conftest.py: a tiny SFT model that answers two fixed questions, then
+EOS)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import openai
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))  # checkpoint_helpers.QA for the tests
+# checkpoint_helpers.QA for the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
 from served_app import KEY, MODEL
 
 
@@ -35,7 +37,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def api_url(ray_local, chat_model_dir, tmp_path_factory):
+def api_url(ray_local, chat_model_dir, tmp_path_factory):  # noqa: ARG001 - starts Ray first
     """The /v1 URL of the app (keys and limits on), shut down at the end of the session (the serve tests
     run last: the replica holds CPUs that other tests' Ray work would wait for)."""
     from ray import serve
@@ -43,8 +45,15 @@ def api_url(ray_local, chat_model_dir, tmp_path_factory):
     from lmforge.config import ServeConfig
     from lmforge.serve.run import start_app
 
-    cfg = ServeConfig(model_dir=str(chat_model_dir), model_id=MODEL, api_keys=[KEY], max_prompt_tokens=48,
-                      max_tokens_limit=64, output_dir=str(tmp_path_factory.mktemp("serve")), port=_free_port())
+    cfg = ServeConfig(
+        model_dir=str(chat_model_dir),
+        model_id=MODEL,
+        api_keys=[KEY],
+        max_prompt_tokens=48,
+        max_tokens_limit=64,
+        output_dir=str(tmp_path_factory.mktemp("serve")),
+        port=_free_port(),
+    )
     started = time.perf_counter()
     url = start_app(cfg)
     print(f"\nserve.run healthy after {time.perf_counter() - started:.0f} s")

@@ -1,4 +1,5 @@
-"""lmforge serve: a real Ray Serve app with vLLM on CPU, through the openai client (the app of conftest.py)."""
+"""lmforge serve: a real Ray Serve app with vLLM on CPU,
+through the openai client (the app of conftest.py)."""
 
 from __future__ import annotations
 
@@ -67,13 +68,24 @@ def test_a_request_without_max_tokens_is_capped_at_the_limit(client):
 
 
 def test_32_concurrent_streams_all_complete_with_the_greedy_answers(api_url, client):
-    alone = [client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": q}], temperature=0,
-                                            max_tokens=32).choices[0].message.content for q, _ in QA]
+    alone = [
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": q}], temperature=0, max_tokens=32
+        )
+        .choices[0]
+        .message.content
+        for q, _ in QA
+    ]
 
     async def stream_one(aclient: openai.AsyncOpenAI, i: int) -> str:
         question = QA[i % len(QA)][0]
         stream = await aclient.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=32, stream=True)
+            model=MODEL,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=32,
+            stream=True,
+        )
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     async def run_all() -> list[str]:

@@ -9,7 +9,8 @@ from served_app import MODEL, ask
 
 
 def _metrics_url(ray) -> str:
-    """The node's Prometheus endpoint, where Ray exports ray_serve_* (the dashboard's Metrics tab reads it too)."""
+    """The node's Prometheus endpoint, where Ray exports
+    ray_serve_* (the dashboard's Metrics tab reads it too)."""
     node = next(n for n in ray.nodes() if n["Alive"])
     return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
 
@@ -45,7 +46,9 @@ def test_serve_request_counters_reach_the_node_metrics_endpoint(ray_local, clien
     while True:
         text = httpx.get(url, timeout=30).text
         http_requests = _counter(text, "ray_serve_num_http_requests_total", 'route="/v1/chat/completions"')
-        engine_requests = _counter(text, "ray_serve_deployment_request_counter_total", f'deployment="LLMServer:{MODEL}"')
+        engine_requests = _counter(
+            text, "ray_serve_deployment_request_counter_total", f'deployment="LLMServer:{MODEL}"'
+        )
         if http_requests >= before + 3 and engine_requests >= 3:
             break
         assert time.monotonic() < deadline, f"no Serve request counters after 120 s (http {http_requests}, "\

@@ -18,12 +18,14 @@ import pytest
 from served_app import ANSWER, KEY, MODEL, QUESTION, ask
 
 STREAMS = 8
-CLIENT_TIMEOUT_S = 60  # an upper bound on every request: a bug here fails the test instead of hanging the suite
+# an upper bound on every request: a bug here fails the test instead of hanging the suite
+CLIENT_TIMEOUT_S = 60
 RESTART_DEADLINE_S = 420  # a replica takes 45-130 s to start on 2 idle cores, far longer on a loaded machine
 
 
-def _replica_pid(ray) -> int | None:
-    """Pid of the running LLMServer replica actor, from the GCS actor table (the state API needs the dashboard)."""
+def _replica_pid() -> int | None:
+    """Pid of the running LLMServer replica actor,
+    from the GCS actor table (the state API needs the dashboard)."""
     from ray._private import state
 
     pids = [actor["Pid"] for actor in state.actors(actor_state_name="ALIVE").values()
@@ -49,7 +51,9 @@ async def _streams_with_kill(api_url: str, pid: int) -> list:
         await first_piece.wait()
         os.kill(pid, signal.SIGKILL)
 
-    async with openai.AsyncOpenAI(base_url=api_url, api_key=KEY, max_retries=0, timeout=CLIENT_TIMEOUT_S) as aclient:
+    async with openai.AsyncOpenAI(
+        base_url=api_url, api_key=KEY, max_retries=0, timeout=CLIENT_TIMEOUT_S
+    ) as aclient:
         killer = asyncio.create_task(kill_on_first_piece())
         results = await asyncio.gather(*(stream_one(aclient) for _ in range(STREAMS)), return_exceptions=True)
         await asyncio.wait_for(killer, 5)
@@ -57,7 +61,8 @@ async def _streams_with_kill(api_url: str, pid: int) -> list:
 
 
 def _running(processes: list[psutil.Process]) -> list[psutil.Process]:
-    """The processes still alive; a zombie counts as gone (its parent died; who reaps it is up to the container)."""
+    """The processes still alive; a zombie counts as gone (its parent died;
+    who reaps it is up to the container)."""
     alive = []
     for process in processes:
         try:
@@ -68,20 +73,20 @@ def _running(processes: list[psutil.Process]) -> list[psutil.Process]:
     return alive
 
 
-def _wait_for_new_replica(api_url: str, ray, old_pid: int) -> float:
+def _wait_for_new_replica(api_url: str, old_pid: int) -> float:
     """Seconds until /health says ok with a replica other than the killed one."""
     started = time.monotonic()
     while time.monotonic() - started < RESTART_DEADLINE_S:
         health = httpx.get(f"{api_url.removesuffix('/v1')}/health", timeout=30)
-        if health.status_code == 200 and _replica_pid(ray) not in (None, old_pid):
+        if health.status_code == 200 and _replica_pid() not in (None, old_pid):
             return time.monotonic() - started
         time.sleep(3)
     pytest.fail(f"no healthy replica {RESTART_DEADLINE_S} s after the kill; last /health: {health.text}")
 
 
 @pytest.mark.kills_replica
-def test_killed_replica_fails_the_streams_in_flight_then_serve_restarts_it(ray_local, api_url, client):
-    pid = _replica_pid(ray_local)
+def test_killed_replica_fails_the_streams_in_flight_then_serve_restarts_it(api_url, client):
+    pid = _replica_pid()
     engine_processes = psutil.Process(pid).children(recursive=True)  # vLLM's EngineCore and its worker
     assert engine_processes, "expected vLLM's engine process under the replica"
 
@@ -99,7 +104,7 @@ def test_killed_replica_fails_the_streams_in_flight_then_serve_restarts_it(ray_l
         time.sleep(1)
     assert not _running(engine_processes), "vLLM processes of the killed replica are still running"
 
-    waited = _wait_for_new_replica(api_url, ray_local, pid)
+    waited = _wait_for_new_replica(api_url, pid)
     print(f"new replica healthy {waited:.0f} s after the kill")
     answer = ask(client, stream=False, timeout=CLIENT_TIMEOUT_S)
     assert answer.choices[0].message.content == ANSWER

@@ -23,7 +23,9 @@ def test_demo_config_loads_with_cpu_defaults():
 
 def test_cluster_config_asks_for_gpus_with_tensor_parallelism():
     cfg = load_config(ServeConfig, REPO / "configs/cluster/serve_tp2.yaml")
-    assert cfg.accelerator == "gpu" and cfg.tensor_parallel_size == 2 and "VLLM_CPU_KVCACHE_SPACE" not in cfg.env
+    assert (
+        cfg.accelerator == "gpu" and cfg.tensor_parallel_size == 2 and "VLLM_CPU_KVCACHE_SPACE" not in cfg.env
+    )
 
 
 def test_tensor_parallelism_on_cpu_is_refused():
@@ -33,12 +35,18 @@ def test_tensor_parallelism_on_cpu_is_refused():
 
 def test_min_replicas_above_max_is_an_error_naming_the_field():
     with pytest.raises(ConfigError, match="autoscaling: .*min_replicas 3 is above max_replicas 2"):
-        load_config(ServeConfig, None, ["model_dir=m", "autoscaling.min_replicas=3", "autoscaling.max_replicas=2"])
+        load_config(
+            ServeConfig, None, ["model_dir=m", "autoscaling.min_replicas=3", "autoscaling.max_replicas=2"]
+        )
 
 
 def test_api_keys_come_from_the_list_and_the_named_env_var(monkeypatch):
     monkeypatch.setenv("MY_KEYS", " a, b ,")
-    assert ServeConfig(model_dir="m", api_keys=["x"], api_keys_env="MY_KEYS").resolved_api_keys() == ["x", "a", "b"]
+    assert ServeConfig(model_dir="m", api_keys=["x"], api_keys_env="MY_KEYS").resolved_api_keys() == [
+        "x",
+        "a",
+        "b",
+    ]
 
 
 def test_deploy_file_imports_the_chat_app_with_this_config(tmp_path):
@@ -47,7 +55,12 @@ def test_deploy_file_imports_the_chat_app_with_this_config(tmp_path):
     app = deploy["applications"][0]
     assert app["import_path"] == "serve_apps.chat:app" and deploy["http_options"]["port"] == 8123
     assert app["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    assert ServeConfig.model_validate(yaml.safe_load(Path(app["runtime_env"]["env_vars"][CONFIG_ENV]).read_text())) == cfg
+    assert (
+        ServeConfig.model_validate(
+            yaml.safe_load(Path(app["runtime_env"]["env_vars"][CONFIG_ENV]).read_text())
+        )
+        == cfg
+    )
 
 
 def test_serve_run_target_builds_the_app_from_the_env_config(chat_model_dir, tmp_path, monkeypatch):
@@ -60,7 +73,21 @@ def test_serve_run_target_builds_the_app_from_the_env_config(chat_model_dir, tmp
 
 
 def test_cli_prints_the_resolved_serve_config():
-    result = subprocess.run([sys.executable, "-m", "lmforge.cli", "serve", "configs/demo/serve.yaml", "port=9001",
-                             "--print-config"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmforge.cli",
+            "serve",
+            "configs/demo/serve.yaml",
+            "port=9001",
+            "--print-config",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert yaml.safe_load(result.stdout)["port"] == 9001

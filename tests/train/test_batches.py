@@ -18,7 +18,9 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def tiny_model(request):
     # initializer_range 0.2 (not 0.02) so attention really depends on context: see the leak test
-    cfg = ModelConfig(architecture=request.param, config={**TINY_CONFIGS[request.param], "initializer_range": 0.2})
+    cfg = ModelConfig(
+        architecture=request.param, config={**TINY_CONFIGS[request.param], "initializer_range": 0.2}
+    )
     return request.param, build_model(cfg, VOCAB, seed=0).eval()
 
 
@@ -63,7 +65,9 @@ def test_pretrain_batch_restarts_positions_and_ignores_each_pieces_first_label()
 
 
 def test_pretrain_batch_refuses_doc_lens_that_do_not_fill_the_block():
-    with pytest.raises(ValueError, match=r"pretrain row 0: doc_lens \[4, 2\] do not add up to the block size 7"):
+    with pytest.raises(
+        ValueError, match=r"pretrain row 0: doc_lens \[4, 2\] do not add up to the block size 7"
+    ):
         pretrain_batch(np.zeros((1, 7), dtype=np.int32), [[4, 2]])
 
 

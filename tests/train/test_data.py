@@ -1,4 +1,5 @@
-"""The order training reads its rows in (train/data.py): a shuffle fixed by seed and epoch, dealt out to ranks."""
+"""The order training reads its rows in (train/data.py): a shuffle fixed by seed and epoch,
+dealt out to ranks."""
 
 from __future__ import annotations
 
@@ -20,8 +21,17 @@ def rows(tmp_path_factory) -> TrainData:
     """Prepared rows with ids 0..999 (only the id column matters to the order)."""
     path = tmp_path_factory.mktemp("rows") / "rows-00000.parquet"
     pq.write_table(pa.table({"row": np.arange(ROWS, dtype=np.int64)}), path)
-    return TrainData(kind="sft", files=(str(path),), rows=ROWS, sequence_length=8, vocab_size=16, eos_token_id=0,
-                     pad_token_id=0, tokenizer_dir=str(path.parent), chat_template=None)
+    return TrainData(
+        kind="sft",
+        files=(str(path),),
+        rows=ROWS,
+        sequence_length=8,
+        vocab_size=16,
+        eos_token_id=0,
+        pad_token_id=0,
+        tokenizer_dir=str(path.parent),
+        chat_template=None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +80,9 @@ def test_other_epochs_and_seeds_give_unrelated_orders(epoch_order):
 
 
 @pytest.mark.parametrize("world, micro", [(2, 2), (3, 4)])
+@pytest.mark.usefixtures("ray_local")
 def test_each_rank_reads_its_micro_batches_of_the_epoch_order_and_only_whole_global_batches(
-        ray_local, rows, epoch_order, world, micro):
+        rows, epoch_order, world, micro):
     order = epoch_order(seed=0, epoch=0, eval_rows=10)
     shared = share_epoch_order(order)
     per_rank = [worker_epoch_dataset(rows, shared, rank, world, micro).to_pandas()["row"].to_numpy()

@@ -32,9 +32,14 @@ def test_default_config_is_zero3_bf16_with_uncompiled_adamw_and_cosine():
 
 def test_batch_arithmetic_follows_global_and_micro_batch_and_workers():
     ds = deepspeed_config(_cfg(global_batch_size=16, micro_batch_size=2, num_workers=2), False, 10)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
-        16, 2, 4)
-    with pytest.raises(ValueError, match=r"train_batch_size 16 != micro batch 4 \* accumulation 4 \* 2 workers"):
+    assert (
+        ds["train_batch_size"],
+        ds["train_micro_batch_size_per_gpu"],
+        ds["gradient_accumulation_steps"],
+    ) == (16, 2, 4)
+    with pytest.raises(
+        ValueError, match=r"train_batch_size 16 != micro batch 4 \* accumulation 4 \* 2 workers"
+    ):
         deepspeed_config(_cfg(global_batch_size=16, micro_batch_size=2, num_workers=2,
                               zero={"extra": {"train_micro_batch_size_per_gpu": 4}}), False, 10)
 
@@ -45,7 +50,8 @@ def test_batch_arithmetic_follows_global_and_micro_batch_and_workers():
      {"stage": 2, "overlap_comm": False, "offload_optimizer": {"device": "cpu", "pin_memory": False}}),
     ({"stage": 3, "offload_optimizer": True, "offload_params": True}, True,
      {"stage": 3, "overlap_comm": True, "offload_optimizer": {"device": "cpu", "pin_memory": True},
-      "stage3_gather_16bit_weights_on_model_save": True, "offload_param": {"device": "cpu", "pin_memory": True}}),
+      "stage3_gather_16bit_weights_on_model_save": True,
+      "offload_param": {"device": "cpu", "pin_memory": True}}),
 ])
 def test_stage_and_offload_map_to_zero_optimization(zero, on_gpu, expected):
     ds = deepspeed_config(_cfg(zero=zero), on_gpu, 10)
@@ -61,7 +67,9 @@ def test_precision_maps_to_its_section(precision, on_gpu, section):
     assert [key for key in ("bf16", "fp16") if key in ds] == ([section] if section else [])
 
 
-@pytest.mark.parametrize("zero", [{"precision": "fp16"}, {"precision": "fp32", "extra": {"fp16": {"enabled": True}}}])
+@pytest.mark.parametrize(
+    "zero", [{"precision": "fp16"}, {"precision": "fp32", "extra": {"fp16": {"enabled": True}}}]
+)
 def test_fp16_without_a_gpu_is_refused_before_anything_starts(zero):
     with pytest.raises(ValueError, match="fp16 is not supported on CPU: use zero.precision=bf16 or fp32"):
         deepspeed_config(_cfg(zero=zero), on_gpu=False, total_steps=10)
@@ -85,7 +93,8 @@ def test_schedules_warm_up_to_lr_then_decay_to_min_lr(schedule):
     optim = {"lr": 1e-3, "min_lr_ratio": 0.1, "warmup_steps": 4, "schedule": schedule}
     lrs = _lrs(deepspeed_config(_cfg(optim=optim), False, total_steps=20), 21)
     assert lrs[0] == pytest.approx(1e-4) and lrs[:5] == sorted(lrs[:5])
-    assert lrs[4] == pytest.approx(1e-3, rel=0.01) and max(lrs) == pytest.approx(1e-3, rel=0.01)  # cosine decays at once
+    # cosine decays at once
+    assert lrs[4] == pytest.approx(1e-3, rel=0.01) and max(lrs) == pytest.approx(1e-3, rel=0.01)
     assert lrs[-1] == pytest.approx(1e-3 if schedule == "constant" else 1e-4)  # by iteration total_steps
 
 
@@ -96,16 +105,23 @@ def test_without_warmup_the_first_step_runs_at_lr(schedule):
 
 
 def test_extra_is_deep_merged_last():
-    extra = {"zero_optimization": {"reduce_bucket_size": 1000}, "optimizer": {"params": {"weight_decay": 0.1}},
-             "activation_checkpointing": {"partition_activations": False}}
+    extra = {
+        "zero_optimization": {"reduce_bucket_size": 1000},
+        "optimizer": {"params": {"weight_decay": 0.1}},
+        "activation_checkpointing": {"partition_activations": False},
+    }
     ds = deepspeed_config(_cfg(zero={"extra": extra}), False, 10)
     assert ds["zero_optimization"]["reduce_bucket_size"] == 1000 and ds["zero_optimization"]["stage"] == 3
-    assert ds["optimizer"]["params"]["weight_decay"] == 0.1 and ds["optimizer"]["params"]["torch_adam"] is True
+    assert (
+        ds["optimizer"]["params"]["weight_decay"] == 0.1 and ds["optimizer"]["params"]["torch_adam"] is True
+    )
     assert ds["activation_checkpointing"] == {"partition_activations": False}
 
 
 def test_unknown_top_level_keys_are_refused_by_name():
-    with pytest.raises(ValueError, match=r"does not read top-level key\(s\) \['bogus', 'zero_optimisation'\]"):
+    with pytest.raises(
+        ValueError, match=r"does not read top-level key\(s\) \['bogus', 'zero_optimisation'\]"
+    ):
         deepspeed_config(_cfg(zero={"extra": {"zero_optimisation": {}, "bogus": 1}}), False, 10)
 
 
@@ -131,7 +147,8 @@ def single_process_group(tmp_path_factory):
         import deepspeed.comm
 
         if deepspeed.comm.is_initialized():
-            deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached groups: a later group is new
+            # also drops DeepSpeed's cached groups: a later group is new
+            deepspeed.comm.destroy_process_group()
         else:
             dist.destroy_process_group()
 
@@ -155,7 +172,8 @@ def test_deepspeed_builds_the_optimizer_when_it_is_not_plain_torch_adamw(zero):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_zero3_engine_trains_a_tiny_llama_on_cpu_and_saves_the_model(precision, single_process_group, tmp_path):
+@pytest.mark.usefixtures("single_process_group")
+def test_zero3_engine_trains_a_tiny_llama_on_cpu_and_saves_the_model(precision, tmp_path):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     started = time.perf_counter()

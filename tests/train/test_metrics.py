@@ -15,7 +15,10 @@ def test_progress_lines_show_step_of_total_loss_throughput_and_an_eta_after_the_
     first, second = capsys.readouterr().out.splitlines()
     assert first == "step 1/20 loss 7.25 lr 0.001 tokens/s 5120"
     assert second.startswith("step 2/20 loss 7 eval_loss 7.1 lr 0.001 tokens/s 5000 eta ")
-    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+    ]
     assert (tmp_path / "loss.png").is_file()
 
 

@@ -22,7 +22,9 @@ def _tiny(architecture, **overrides):
 
 
 def _same_weights(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,8 @@ def test_embeddings_grow_to_the_tokenizer_but_never_shrink(saved_llama):
     assert build_model(_tiny("llama", vocab_size=128), VOCAB, 0).get_input_embeddings().num_embeddings == 128
     grown = build_model(ModelConfig(path=str(saved_llama)), 120, 0)
     assert grown.get_input_embeddings().num_embeddings == 120 and grown.config.vocab_size == 120
-    assert _same_weights(grown, build_model(ModelConfig(path=str(saved_llama)), 120, 0))  # new rows seeded too
+    # new rows seeded too
+    assert _same_weights(grown, build_model(ModelConfig(path=str(saved_llama)), 120, 0))
     kept = build_model(ModelConfig(path=str(saved_llama)), 50, 0)
     assert kept.get_input_embeddings().num_embeddings == VOCAB
 
@@ -95,8 +98,11 @@ def test_lora_trains_only_adapters_on_the_named_modules():
 
 
 def test_lora_names_target_modules_the_model_does_not_have():
-    with pytest.raises(ValueError, match=r"\['q_proj', 'k_proj', 'v_proj', 'o_proj'\] match no module of this "
-                                         r"bloom model; its linear layers are \[.*'query_key_value'"):
+    with pytest.raises(
+        ValueError,
+        match=r"\['q_proj', 'k_proj', 'v_proj', 'o_proj'\] match no module of this "
+        r"bloom model; its linear layers are \[.*'query_key_value'",
+    ):
         apply_lora(build_model(_tiny("bloom"), VOCAB, 0), LoraConfig(enabled=True))
 
 

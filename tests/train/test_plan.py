@@ -21,18 +21,19 @@ from lmforge.train.plan import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-LLAMA_7B_CONFIG = ("{hidden_size: 4096, intermediate_size: 11008, num_hidden_layers: 32, num_attention_heads: 32, "
-                   "num_key_value_heads: 32, vocab_size: 32000}")
+LLAMA_7B_CONFIG = ("{hidden_size: 4096, intermediate_size: 11008, num_hidden_layers: 32, "
+                   "num_attention_heads: 32, num_key_value_heads: 32, vocab_size: 32000}")
 LLAMA_7B = ("model.architecture=llama", f"model.config={LLAMA_7B_CONFIG}")
 # The shapes of the cluster configs' base models (their config.json on the Hugging Face hub).
 SHAPES = {
-    "bloom-7b1": {"model_type": "bloom", "hidden_size": 4096, "n_layer": 30, "n_head": 32, "vocab_size": 250880},
-    "Qwen2.5-7B": {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                   "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-                   "max_position_embeddings": 131072, "tie_word_embeddings": False},
-    "Llama-2-7b-hf": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                      "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
-                      "max_position_embeddings": 4096},
+    "bloom-7b1": {"model_type": "bloom", "hidden_size": 4096, "n_layer": 30, "n_head": 32,
+                  "vocab_size": 250880},
+    "Qwen2.5-7B": {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944,
+                   "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+                   "vocab_size": 152064, "max_position_embeddings": 131072, "tie_word_embeddings": False},
+    "Llama-2-7b-hf": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+                      "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+                      "vocab_size": 32000, "max_position_embeddings": 4096},
 }
 
 
@@ -76,8 +77,14 @@ def test_model_states_equal_deepspeeds_estimator(tmp_path, workers, per_node):
     shape = model_shape(cfg, vocab_size=0)
     for offload_optimizer, offload_params in OFFLOAD_CHOICES:
         cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-            shape.params, shape.largest_module_params, num_gpus_per_node=per_node, num_nodes=workers // per_node,
-            cpu_offload=offload_optimizer, cpu_offload_params=offload_params, zero_init=False)
+            shape.params,
+            shape.largest_module_params,
+            num_gpus_per_node=per_node,
+            num_nodes=workers // per_node,
+            cpu_offload=offload_optimizer,
+            cpu_offload_params=offload_params,
+            zero_init=False,
+        )
         ours_gpu, ours_cpu = model_states(shape, cfg, offload_optimizer, offload_params)
         assert (int(ours_cpu), int(ours_gpu)) == pytest.approx((cpu, gpu), abs=1)
 
@@ -123,15 +130,20 @@ def test_a_7b_without_checkpointing_or_offload_does_not_fit_48_gib_and_says_what
     cfg = _llama_7b(tmp_path, "model.gradient_checkpointing=false", "plan.cpu_memory_gib=512")
     report, fits = plan_report(cfg, "test")
     assert not fits
-    assert "VERDICT: DOES NOT FIT with offload none" in report and "model.gradient_checkpointing=true" in report
+    assert (
+        "VERDICT: DOES NOT FIT with offload none" in report and "model.gradient_checkpointing=true" in report
+    )
     marked = [line.split()[0] for line in report.splitlines() if line.endswith("<- this config")]
     assert marked == ["none"]
 
 
-@pytest.mark.parametrize("name", ["pretrain_bloom_7b", "pretrain_qwen_7b", "pretrain_llama_7b", "sft_4096", "sft_lora"])
+@pytest.mark.parametrize(
+    "name", ["pretrain_bloom_7b", "pretrain_qwen_7b", "pretrain_llama_7b", "sft_4096", "sft_lora"]
+)
 def test_cluster_configs_fit_the_recipes_48_gib_gpus(tmp_path, name):
     cfg = load_config(TrainConfig, REPO / "configs" / "cluster" / f"{name}.yaml")
-    base = Path(cfg.model.path).name if "pretrain" in name else "Qwen2.5-7B"  # SFT starts from pretrained Qwen
+    # SFT starts from pretrained Qwen
+    base = Path(cfg.model.path).name if "pretrain" in name else "Qwen2.5-7B"
     (tmp_path / base).mkdir()
     (tmp_path / base / "config.json").write_text(json.dumps(SHAPES[base]))
     report, fits = plan_report(cfg.model_copy(update={"model": cfg.model.model_copy(
@@ -140,9 +152,9 @@ def test_cluster_configs_fit_the_recipes_48_gib_gpus(tmp_path, name):
 
 
 def test_cli_prints_the_verdict_and_exits_1_when_the_config_does_not_fit():
-    command = [sys.executable, "-m", "lmforge.cli", "plan", "configs/cluster/pretrain_llama_7b.yaml", "model.path=null",
-               *LLAMA_7B, "model.gradient_checkpointing=false", "zero.offload_optimizer=false",
-               "zero.offload_params=false"]
+    command = [sys.executable, "-m", "lmforge.cli", "plan", "configs/cluster/pretrain_llama_7b.yaml",
+               "model.path=null", *LLAMA_7B, "model.gradient_checkpointing=false",
+               "zero.offload_optimizer=false", "zero.offload_params=false"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 1, result.stderr
     assert "VERDICT: DOES NOT FIT" in result.stdout

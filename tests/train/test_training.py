@@ -80,7 +80,7 @@ def _falls(losses: list[float], by: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def many_blocks(pretrain_data, sft_data):
+def many_blocks(pretrain_data, sft_data):  # noqa: ARG001 - prepared before blocks shrink
     """Ray Data blocks of at most 64 KB while training: the rows arrive in many blocks, as a real corpus does.
 
     The samples here would otherwise be one block each, which hides anything that depends on where
@@ -99,14 +99,14 @@ def storage(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pretrain(many_blocks, storage, pretrain_data) -> TrainConfig:
+def pretrain(many_blocks, storage, pretrain_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
     cfg = _config(storage, "pretrain", pretrain_data)
     run_pretrain(cfg)
     return cfg
 
 
 @pytest.fixture(scope="module")
-def resumed(many_blocks, storage, pretrain_data) -> dict:
+def resumed(many_blocks, storage, pretrain_data) -> dict:  # noqa: ARG001 - for small blocks
     """The pretrain run stopped at step 12 on 2 workers, then rerun on 1 worker to step 24."""
     cfg = _config(storage, "resumed", pretrain_data, stop_after_step=12)
     run_pretrain(cfg)
@@ -116,10 +116,13 @@ def resumed(many_blocks, storage, pretrain_data) -> dict:
 
 
 @pytest.fixture(scope="module")
-def killed(many_blocks, storage, pretrain_data) -> dict:
-    """The pretrain run in a thread; once Ray Train has registered a checkpoint and the run has gone past it,
-    one of its worker processes (found among this process's descendants: the session's own Ray) is SIGKILLed."""
-    cfg = _config(storage, "killed", pretrain_data, checkpoint={"every_steps": 6, "keep_last": 2}, max_failures=2)
+def killed(many_blocks, storage, pretrain_data) -> dict:  # noqa: ARG001 - for small blocks
+    """The pretrain run in a thread; once Ray Train has registered a checkpoint and the run has gone past
+    it, one of its worker processes (found among this process's descendants: the session's own Ray) is
+    SIGKILLed."""
+    cfg = _config(
+        storage, "killed", pretrain_data, checkpoint={"every_steps": 6, "keep_last": 2}, max_failures=2
+    )
     run_dir = Path(cfg.storage_path) / cfg.run_name
     started, pool = time.time(), ThreadPoolExecutor(1)
     run = pool.submit(run_pretrain, cfg)
@@ -136,7 +139,8 @@ def killed(many_blocks, storage, pretrain_data) -> dict:
 
 
 def _registered_checkpoint_step(run_dir: Path) -> int | None:
-    """Step of the newest checkpoint Ray Train has registered (a restart resumes from it), from its snapshot."""
+    """Step of the newest checkpoint Ray Train has registered (a restart resumes from it),
+    from its snapshot."""
     try:
         snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being written
@@ -146,7 +150,9 @@ def _registered_checkpoint_step(run_dir: Path) -> int | None:
 
 
 def _last_logged_step(run_dir: Path) -> int:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+    lines = (
+        (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+    )
     return json.loads(lines[-1])["step"] if lines else 0
 
 
@@ -163,31 +169,46 @@ def _train_worker_pids(since: float) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def sft(many_blocks, storage, sft_data) -> TrainConfig:
-    cfg = _config(storage, "sft", sft_data, architecture="bloom", max_steps=16, checkpoint={"every_steps": 16})
+def sft(many_blocks, storage, sft_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
+    cfg = _config(
+        storage, "sft", sft_data, architecture="bloom", max_steps=16, checkpoint={"every_steps": 16}
+    )
     run_sft(cfg)
     return cfg
 
 
 def _lora_config(storage: Path, name: str, sft_data: Path, **fields) -> TrainConfig:
-    """Adapters on every projection of a random qwen2 whose weights are drawn 10x wider than usual: with the
-    usual 0.02 its frozen head gives near-uniform logits whatever the adapters do, unlike a trained model's."""
-    return _config(storage, name, sft_data, architecture="qwen2", max_steps=16, optim={"lr": 3e-2},
-                   checkpoint={"every_steps": 16},
-                   model={"architecture": "qwen2", "config": {**TINY_CONFIGS["qwen2"], "initializer_range": 0.2}},
-                   lora={"enabled": True, "r": 8, "alpha": 16, "target_modules": [
-                       "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}, **fields)
+    """Adapters on every projection of a random qwen2 whose weights are drawn 10x wider than usual: with
+    the usual 0.02 its frozen head gives near-uniform logits whatever the adapters do, unlike a trained
+    model's."""
+    return _config(
+        storage,
+        name,
+        sft_data,
+        architecture="qwen2",
+        max_steps=16,
+        optim={"lr": 3e-2},
+        checkpoint={"every_steps": 16},
+        model={"architecture": "qwen2", "config": {**TINY_CONFIGS["qwen2"], "initializer_range": 0.2}},
+        lora={
+            "enabled": True,
+            "r": 8,
+            "alpha": 16,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        },
+        **fields,
+    )
 
 
 @pytest.fixture(scope="module")
-def lora(many_blocks, storage, sft_data) -> TrainConfig:
+def lora(many_blocks, storage, sft_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
     cfg = _lora_config(storage, "lora", sft_data)
     run_sft(cfg)
     return cfg
 
 
 @pytest.fixture(scope="module")
-def lora_resumed(many_blocks, storage, sft_data) -> TrainConfig:
+def lora_resumed(many_blocks, storage, sft_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
     run_sft(_lora_config(storage, "lora-resumed", sft_data, stop_after_step=8))
     cfg = _lora_config(storage, "lora-resumed", sft_data)
     run_sft(cfg)
@@ -239,7 +260,8 @@ def test_a_killed_worker_is_replaced_and_the_run_completes_from_its_last_checkpo
     steps = [row["step"] for row in _metrics(killed["cfg"])]
     assert set(steps) == set(range(1, 25)) and steps[-1] == 24
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart] >= killed["registered"] + 1  # not from step 1: from the checkpoint registered before the kill
+    # not from step 1: from the checkpoint registered before the kill
+    assert steps[restart] >= killed["registered"] + 1
 
 
 def test_a_run_restarted_after_a_killed_worker_reaches_the_weights_of_the_uninterrupted_run(pretrain, killed):
@@ -302,28 +324,36 @@ def test_a_stopped_lora_run_rerun_reaches_the_weights_of_the_uninterrupted_run(l
     assert _max_difference(_weights(_checkpoints(lora_resumed)[16]), _weights(_checkpoints(lora)[16])) <= 1e-5
 
 
-def test_blocks_longer_than_the_models_positions_are_refused_before_training(ray_local, pretrain_data, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_blocks_longer_than_the_models_positions_are_refused_before_training(pretrain_data, tmp_path):
     cfg = _config(tmp_path, "long", pretrain_data, model={
         "architecture": "llama", "config": {**TINY_CONFIGS["llama"], "max_position_embeddings": 64}})
-    with pytest.raises(ValueError, match="sequences of 128 tokens exceed the model's max_position_embeddings 64"):
+    with pytest.raises(
+        ValueError, match="sequences of 128 tokens exceed the model's max_position_embeddings 64"
+    ):
         run_pretrain(cfg)
     assert not (tmp_path / "long").exists()
 
 
-def test_fp16_on_cpu_is_refused_before_training(ray_local, pretrain_data, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_fp16_on_cpu_is_refused_before_training(pretrain_data, tmp_path):
     cfg = _config(tmp_path, "fp16", pretrain_data, zero={"precision": "fp16"})
     with pytest.raises(ValueError, match="fp16 is not supported on CPU"):
         run_pretrain(cfg)
     assert not (tmp_path / "fp16").exists()
 
 
-def test_pretraining_data_given_to_sft_is_refused_naming_the_stage_it_needs(ray_local, pretrain_data, tmp_path):
-    with pytest.raises(ValueError, match="holds pretrain data; `lmforge sft` needs the output of prepare-sft"):
+@pytest.mark.usefixtures("ray_local")
+def test_pretraining_data_given_to_sft_is_refused_naming_the_stage_it_needs(pretrain_data, tmp_path):
+    with pytest.raises(
+        ValueError, match="holds pretrain data; `lmforge sft` needs the output of prepare-sft"
+    ):
         run_sft(_config(tmp_path, "wrong-kind", pretrain_data))
     assert not (tmp_path / "wrong-kind").exists()
 
 
-def test_a_data_dir_without_prepared_data_is_refused(ray_local, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_a_data_dir_without_prepared_data_is_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no manifest; run the stage that produces"):
@@ -332,6 +362,8 @@ def test_a_data_dir_without_prepared_data_is_refused(ray_local, tmp_path):
 
 
 def test_a_global_batch_the_workers_cannot_share_is_refused():
-    with pytest.raises(pydantic.ValidationError, match="global_batch_size 6 must be a multiple of micro_batch_size"):
+    with pytest.raises(
+        pydantic.ValidationError, match="global_batch_size 6 must be a multiple of micro_batch_size"
+    ):
         _config(Path("/unused"), "odd", Path("/unused"), global_batch_size=6)
 

@@ -30,8 +30,17 @@ def test_a_local_model_loads_partitioned_under_zero3_with_its_weights_and_grown_
         "run_name": "zero3", "storage_path": str(tmp_path), "model": {"path": str(saved)},
         "data": {"dir": str(tmp_path)}, "zero": {"stage": 3, "precision": "fp32"},
         "num_workers": 1, "global_batch_size": 1, "micro_batch_size": 1})
-    data = TrainData(kind="pretrain", files=(), rows=1, sequence_length=32, vocab_size=DATA_VOCAB, eos_token_id=2,
-                     pad_token_id=0, tokenizer_dir=str(tmp_path), chat_template=None)
+    data = TrainData(
+        kind="pretrain",
+        files=(),
+        rows=1,
+        sequence_length=32,
+        vocab_size=DATA_VOCAB,
+        eos_token_id=2,
+        pad_token_id=0,
+        tokenizer_dir=str(tmp_path),
+        chat_template=None,
+    )
     with single_process_group(tmp_path):
         patch_deepspeed_for_cpu()
         engine = build_engine(cfg, data, deepspeed_config(cfg, on_gpu=False, total_steps=1))

@@ -36,7 +36,9 @@ class RayConfig(StrictModel):
         description="Ray cluster to join ('auto', 'ray://host:10001'); empty: RAY_ADDRESS if set "
         "(as under `ray job submit`), otherwise a new local Ray.",
     )
-    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local Ray (ignored when joining).")
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of a local Ray (ignored when joining)."
+    )
     object_store_memory_mb: int | None = Field(None, ge=64, description="Object store size of a local Ray.")
 
 
@@ -60,9 +62,11 @@ def load_config(model: type[Model], path: str | Path | None, overrides: list[str
     return validate_config(model, data, overrides, where)
 
 
-def validate_config(model: type[Model], data: dict, overrides: list[str] = (), where: str = "command line") -> Model:
-    """Apply `key.sub=value` overrides to a mapping already read (a copy), expand `${VAR}`, validate into `model`;
-    errors name `where`."""
+def validate_config(
+    model: type[Model], data: dict, overrides: list[str] = (), where: str = "command line"
+) -> Model:
+    """Apply `key.sub=value` overrides to a mapping already read (a copy), expand `${VAR}`, validate into
+    `model`; errors name `where`."""
     data = copy.deepcopy(data)
     for override in overrides:
         _apply_override(data, override)
@@ -133,7 +137,9 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         if field is None:
             return []
         current = _inner_model(field.annotation)
-    return sorted(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+    return (
+        sorted(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+    )
 
 
 def _inner_model(annotation: Any) -> Any:
@@ -172,8 +178,13 @@ def iter_fields(model: type[BaseModel], prefix: str = "", defaults: BaseModel | 
 
 def describe_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
     """`key: type = default  description` lines for every (nested) field, for --help."""
-    return [f"  {key} {'required' if default is REQUIRED else f'= {default!r}'}  {field.description or ''}".rstrip()
-            for key, field, default in iter_fields(model, prefix)]
+    return [
+        (
+            f"  {key} {'required' if default is REQUIRED else f'= {default!r}'}  "
+            f"{field.description or ''}"
+        ).rstrip()
+        for key, field, default in iter_fields(model, prefix)
+    ]
 
 
 def _is_list(annotation: Any) -> bool:

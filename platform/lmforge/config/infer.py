@@ -19,8 +19,12 @@ class EngineConfig(StrictModel):
     """vLLM engine actors that `ray.data.llm` starts (one engine per actor), and what they may take."""
 
     accelerator: Literal["cpu", "gpu"] = Field("cpu", description="cpu: vLLM's CPU backend; gpu: CUDA vLLM.")
-    accelerator_type: str | None = Field(None, description="gpu only: Ray accelerator type, e.g. L4, A100, H100.")
-    min_engines: int = Field(1, ge=1, description="Engine actors kept running (autoscaled between min and max).")
+    accelerator_type: str | None = Field(
+        None, description="gpu only: Ray accelerator type, e.g. L4, A100, H100."
+    )
+    min_engines: int = Field(
+        1, ge=1, description="Engine actors kept running (autoscaled between min and max)."
+    )
     max_engines: int = Field(1, ge=1, description="Most engine actors Ray Data starts when rows wait.")
     batch_size: int = Field(16, ge=1, description="Rows per batch sent to an engine actor.")
     max_concurrent_batches: int = Field(4, ge=1, description="Batches one engine works on at once (overlap).")
@@ -30,7 +34,8 @@ class EngineConfig(StrictModel):
     )
     env: dict[str, str] = Field(
         default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
-        description="Environment of the engine actors (VLLM_CPU_KVCACHE_SPACE in GiB: else vLLM takes most of RAM).",
+        description="Environment of the engine actors (VLLM_CPU_KVCACHE_SPACE in GiB: else vLLM takes "
+        "most of RAM).",
     )
 
     @model_validator(mode="after")
@@ -40,18 +45,24 @@ class EngineConfig(StrictModel):
         if self.accelerator == "cpu" and self.accelerator_type:
             raise ValueError("accelerator_type needs accelerator: gpu")
         if "model" in self.engine_kwargs:
-            raise ValueError("engine_kwargs.model: the model is model_dir (or models: in eval), not an engine argument")
+            raise ValueError(
+                "engine_kwargs.model: the model is model_dir (or models: in eval), not an engine argument"
+            )
         return self
 
 
 class SamplingConfig(StrictModel):
     """vLLM sampling parameters of every generated answer (temperature 0: greedy, reproducible)."""
 
-    max_tokens: int = Field(128, ge=1, description="Most tokens generated per answer (finish_reason 'length').")
+    max_tokens: int = Field(
+        128, ge=1, description="Most tokens generated per answer (finish_reason 'length')."
+    )
     temperature: float = Field(0.0, ge=0, description="0: greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
     repetition_penalty: float = Field(1.0, gt=0, description="vLLM's penalty on repeated tokens (1: none).")
-    seed: int | None = Field(0, description="Sampling seed per request (same seed, same output when sampling).")
+    seed: int | None = Field(
+        0, description="Sampling seed per request (same seed, same output when sampling)."
+    )
 
 
 class PromptSourceConfig(FilesConfig):
@@ -62,10 +73,13 @@ class PromptSourceConfig(FilesConfig):
     )
     record_format: Literal["auto", "prompt"] | SFTRecordFormat = Field(
         "auto",
-        description="prompt: the prompt_field holds the user's text; an SFT schema (alpaca, sharegpt, ...): the "
-        "conversation up to its last assistant turn is the prompt, that turn the reference; auto: per record.",
+        description="prompt: the prompt_field holds the user's text; an SFT schema (alpaca, sharegpt, "
+        "...): the conversation up to its last assistant turn is the prompt, that turn the reference; "
+        "auto: per record.",
     )
-    prompt_field: str = Field("prompt", description="Field holding a plain prompt (record_format prompt or auto).")
+    prompt_field: str = Field(
+        "prompt", description="Field holding a plain prompt (record_format prompt or auto)."
+    )
     id_field: str = Field("id", description="Field holding the record's id; missing: '<source>:<line>'.")
     fields: dict[str, str] = Field(default_factory=dict, description="SFT schema field -> record field.")
     system: str | None = Field(None, description="System prompt for records that carry none.")
@@ -78,9 +92,13 @@ class PromptSourceConfig(FilesConfig):
 class BatchInferConfig(StrictModel):
     """`lmforge batch-infer`: answer every prompt with a converted model; rerunning resumes."""
 
-    model_dir: str = Field(description="output_dir of lmforge convert (weights, tokenizer, chat template, EOS).")
+    model_dir: str = Field(
+        description="output_dir of lmforge convert (weights, tokenizer, chat template, EOS)."
+    )
     sources: list[PromptSourceConfig] = Field(description="Input prompt files.")
-    output_dir: str = Field(description="Where data/ (answers), errors/, quarantine.jsonl and manifest.json go.")
+    output_dir: str = Field(
+        description="Where data/ (answers), errors/, quarantine.jsonl and manifest.json go."
+    )
     output_format: Literal["parquet", "jsonl"] = Field("parquet", description="File format of the answers.")
     read_workers: int = Field(2, ge=1, description="Parallel Ray tasks reading and tokenizing prompts.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -103,7 +121,9 @@ MULTI_TURN = ("下面是患者和医生的一轮对话。请续写1-2轮:患者�
 class SynthPromptsConfig(StrictModel):
     """The prompt template of each recipe; `{passage}`, `{question}`, `{answer}` are filled in."""
 
-    qa_from_passages: str = Field(QA_FROM_PASSAGES, description="Self-instruct QA from a passage: uses {passage}.")
+    qa_from_passages: str = Field(
+        QA_FROM_PASSAGES, description="Self-instruct QA from a passage: uses {passage}."
+    )
     polite_refusal: str = Field(POLITE_REFUSAL, description="A harmless refusal of an off-topic {question}.")
     multi_turn: str = Field(MULTI_TURN, description="Continue the {question}/{answer} pair into a dialogue.")
 
@@ -127,15 +147,24 @@ class SynthConfig(StrictModel):
     )
     model_dir: str = Field(description="The generating model: output_dir of lmforge convert.")
     sources: list[SourceConfig] = Field(
-        description="Inputs. qa_from_passages: text (a paragraph a line); polite_refusal: questions (a line each, or "
-        "records with template qa/plain); multi_turn: QA records (template qa fields question/answer).",
+        description="Inputs. qa_from_passages: text (a paragraph a line); polite_refusal: questions (a "
+        "line each, or records with template qa/plain); multi_turn: QA records (template qa fields "
+        "question/answer).",
     )
-    output_dir: str = Field(description="Where sft.jsonl, generations.jsonl, quarantine.jsonl and manifest.json go.")
+    output_dir: str = Field(
+        description="Where sft.jsonl, generations.jsonl, quarantine.jsonl and manifest.json go."
+    )
     prompts: SynthPromptsConfig = Field(default_factory=SynthPromptsConfig)
-    passage_chars: int = Field(400, ge=20, description="qa_from_passages: passages are cut to about this many characters.")
-    min_passage_chars: int = Field(40, ge=1, description="qa_from_passages: shorter passages are skipped (headings).")
+    passage_chars: int = Field(
+        400, ge=20, description="qa_from_passages: passages are cut to about this many characters."
+    )
+    min_passage_chars: int = Field(
+        40, ge=1, description="qa_from_passages: shorter passages are skipped (headings)."
+    )
     max_items: int | None = Field(None, ge=1, description="Use only the first N passages/questions/pairs.")
-    keep_truncated: bool = Field(False, description="Keep answers cut at max_tokens (default: quarantine them).")
+    keep_truncated: bool = Field(
+        False, description="Keep answers cut at max_tokens (default: quarantine them)."
+    )
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=256))
     engine: EngineConfig = Field(default_factory=EngineConfig)
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=4))
@@ -155,22 +184,32 @@ class PerplexityTaskConfig(StrictModel):
 
 
 class MultipleChoiceTaskConfig(StrictModel):
-    """Single-answer questions with columns Question, A, B, C, D, Answer (CMMLU / CMExam style), CSV or JSON."""
+    """Single-answer questions with columns Question, A, B, C, D, Answer (CMMLU / CMExam style),
+    CSV or JSON."""
 
     name: str = Field(description="Task name in the report.")
     path: str = Field(description="Question file (csv, json array, jsonl).")
     dev_path: str | None = Field(None, description="Few-shot examples (same columns); none: zero-shot.")
-    shots: int = Field(5, ge=0, description="Few-shot examples from dev_path (fewer when a prompt would not fit).")
+    shots: int = Field(
+        5, ge=0, description="Few-shot examples from dev_path (fewer when a prompt would not fit)."
+    )
     subject: str = Field("医学", description="Fills {subject} in the header.")
     header: str = Field("以下是关于{subject}的单项选择题,请直接给出正确答案的选项。\n\n",
                         description="Text before the few-shot examples and the question.")
-    question_template: str = Field("题目:{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n答案:",
-                                   description="One question with its options; {question} and the option letters are filled in.")
-    continuation: str = Field("{letter}", description="What is scored per option: '{letter}' or '{text}', ...")
+    question_template: str = Field(
+        "题目:{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n答案:",
+        description="One question with its options; {question} and the option letters are filled in.",
+    )
+    continuation: str = Field(
+        "{letter}", description="What is scored per option: '{letter}' or '{text}', ..."
+    )
     chat: bool = Field(False, description="Wrap the prompt in the model's chat template (for chat models).")
     generate_max_tokens: int = Field(
-        8, ge=1, description="Tokens generated for the by-generation score; raise it for a model that answers "
-                             "with the option's text, which counts only when whole.")
+        8,
+        ge=1,
+        description="Tokens generated for the by-generation score; raise it for a model that answers "
+        "with the option's text, which counts only when whole.",
+    )
     max_questions: int | None = Field(None, ge=1, description="Use only the first N questions.")
 
 
@@ -178,8 +217,12 @@ class OpenQATaskConfig(StrictModel):
     """Answers to case questions (CMB-Clin: [{id, title, description, QA_pairs: [{question, answer}]}])."""
 
     path: str = Field(description="JSON array of cases.")
-    prompt: str = Field("{description}\n\n{question}", description="User turn; fills {title}, {description}, {question}.")
-    max_description_chars: int = Field(600, ge=0, description="Case descriptions are cut to this many characters.")
+    prompt: str = Field(
+        "{description}\n\n{question}", description="User turn; fills {title}, {description}, {question}."
+    )
+    max_description_chars: int = Field(
+        600, ge=0, description="Case descriptions are cut to this many characters."
+    )
     max_cases: int | None = Field(None, ge=1, description="Use only the first N cases.")
     max_tokens: int = Field(128, ge=1, description="Most tokens of an answer.")
 
@@ -188,13 +231,16 @@ class EvalConfig(StrictModel):
     """`lmforge eval`: perplexity, multiple choice and open QA of several models, side by side."""
 
     models: list[EvalModelConfig] = Field(description="Model directories to compare (e.g. base and SFT).")
-    output_dir: str = Field(description="Where report.json, report.md, predictions.jsonl, open_qa.jsonl and manifest.json go.")
+    output_dir: str = Field(
+        description="Where report.json, report.md, predictions.jsonl, open_qa.jsonl and manifest.json go."
+    )
     perplexity: PerplexityTaskConfig | None = None
     multiple_choice: list[MultipleChoiceTaskConfig] = Field(default_factory=list)
     open_qa: OpenQATaskConfig | None = None
     sampling: SamplingConfig = Field(
         default_factory=SamplingConfig,
-        description="Generation of letters and open answers (greedy by default); max_tokens comes from each task.",
+        description="Generation of letters and open answers (greedy by default); max_tokens comes from "
+        "each task.",
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=4))
@@ -203,7 +249,11 @@ class EvalConfig(StrictModel):
     @classmethod
     def _paths_are_models(cls, value: Any) -> Any:
         items = _as_list(value)
-        return [{"path": item} if isinstance(item, str) else item for item in items] if isinstance(items, list) else items
+        return (
+            [{"path": item} if isinstance(item, str) else item for item in items]
+            if isinstance(items, list)
+            else items
+        )
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

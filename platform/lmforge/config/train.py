@@ -19,7 +19,9 @@ class ModelConfig(StrictModel):
         description="Model config fields: with architecture, the whole config (hidden_size, ...); "
         "with path, overrides such as rope_theta, rope_scaling, max_position_embeddings.",
     )
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (larger batches).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward (larger batches)."
+    )
     trust_remote_code: bool = Field(False, description="Run code shipped in the model directory (off: safe).")
 
     @model_validator(mode="after")
@@ -31,7 +33,9 @@ class ModelConfig(StrictModel):
 
 class TrainDataConfig(StrictModel):
     dir: str = Field(description="Output directory of prepare-pretrain or prepare-sft (with manifest.json).")
-    eval_rows: int = Field(0, ge=0, description="Rows held out for eval loss / perplexity (taken from the end).")
+    eval_rows: int = Field(
+        0, ge=0, description="Rows held out for eval loss / perplexity (taken from the end)."
+    )
 
 
 class OptimConfig(StrictModel):
@@ -48,7 +52,9 @@ class OptimConfig(StrictModel):
 
 class ZeroConfig(StrictModel):
     stage: Literal[0, 1, 2, 3] = Field(3, description="DeepSpeed ZeRO stage.")
-    offload_optimizer: bool = Field(False, description="Optimizer state in CPU RAM (DeepSpeedCPUAdam; compiles once).")
+    offload_optimizer: bool = Field(
+        False, description="Optimizer state in CPU RAM (DeepSpeedCPUAdam; compiles once)."
+    )
     offload_params: bool = Field(False, description="ZeRO-3 parameters in CPU RAM.")
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="fp16 needs a GPU.")
     extra: dict[str, Any] = Field(
@@ -78,7 +84,9 @@ class PlanConfig(StrictModel):
     gpu_memory_gib: float = Field(48, gt=0, description="Memory of one GPU (A6000: 48, A100/H100: 80).")
     gpus_per_node: int = Field(8, ge=1, description="GPUs (training workers) per node.")
     cpu_memory_gib: float | None = Field(
-        None, gt=0, description="RAM of one node; set it to get a CPU verdict (offload and model loading use it)."
+        None,
+        gt=0,
+        description="RAM of one node; set it to get a CPU verdict (offload and model loading use it).",
     )
     sequence_length: int | None = Field(
         None, ge=8, description="Tokens per row before data.dir is prepared; its manifest's length wins."
@@ -98,13 +106,17 @@ class TrainConfig(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     num_workers: int = Field(2, ge=1, description="Training workers (one per GPU on a cluster).")
     use_gpu: bool = Field(False, description="One GPU per worker and NCCL; false: CPU workers and gloo.")
-    cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves per worker (Ray sets its OMP_NUM_THREADS to this).")
+    cpus_per_worker: int = Field(
+        1, ge=1, description="CPUs Ray reserves per worker (Ray sets its OMP_NUM_THREADS to this)."
+    )
     global_batch_size: int = Field(8, ge=1, description="Rows per optimizer step across all workers.")
     micro_batch_size: int = Field(1, ge=1, description="Rows per worker per forward pass.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     epochs: int = Field(1, ge=1, description="Passes over the data when max_steps is not set.")
     stop_after_step: int | None = Field(
-        None, ge=1, description="Checkpoint and stop at this step (e.g. before maintenance); rerun to continue."
+        None,
+        ge=1,
+        description="Checkpoint and stop at this step (e.g. before maintenance); rerun to continue.",
     )
     peak_tflops_per_worker: float | None = Field(
         None, gt=0, description="Hardware peak (e.g. 312 for an A100 in bf16), for the MFU metric."
@@ -112,7 +124,9 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, description="Seeds model init, LoRA init and the data order of every epoch.")
     log_every: int = Field(1, ge=1, description="Write metrics (loss, lr, tokens/s, ...) every N steps.")
     eval_every: int = Field(0, ge=0, description="Eval loss every N steps (0: only at the end).")
-    max_failures: int = Field(2, ge=0, description="Worker failures tolerated (restart from the last checkpoint).")
+    max_failures: int = Field(
+        2, ge=0, description="Worker failures tolerated (restart from the last checkpoint)."
+    )
     collective_timeout_s: int = Field(1800, ge=10, description="A hung worker is detected after this long.")
     ray: RayConfig = Field(default_factory=RayConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)

@@ -19,8 +19,10 @@ VLLM_DTYPES = ("float32", "bfloat16", "float16")
 def chat_prompt(tokenizer, question: str) -> str:
     """`question` as one user turn in the model's chat template, ending where the answer starts."""
     if not tokenizer.chat_template:
-        raise ValueError(f"{tokenizer.name_or_path}: the tokenizer has no chat template; convert writes the run's "
-                         "template into the model directory")
+        raise ValueError(
+            f"{tokenizer.name_or_path}: the tokenizer has no chat template; convert writes the run's "
+            "template into the model directory"
+        )
     return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                          add_generation_prompt=True)
 
@@ -31,7 +33,9 @@ def stream_hf(model_dir: str | Path, question: str, max_new_tokens: int = 256) -
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", use_safetensors=True).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype="auto", use_safetensors=True
+    ).eval()
     # add_special_tokens=False: the template already holds whatever BOS the model expects
     inputs = tokenizer(chat_prompt(tokenizer, question), return_tensors="pt", add_special_tokens=False)
     streamer = transformers.TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -56,7 +60,8 @@ def stream_hf(model_dir: str | Path, question: str, max_new_tokens: int = 256) -
 
 def complete_vllm(model_dir: str | Path, question: str, max_new_tokens: int = 256) -> str:
     """The greedy answer from vLLM on CPU (whole, not streamed). Call under `if __name__ == "__main__":`."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; unset, vLLM reserves most of the RAM and refuses
+    # GiB; unset, vLLM reserves most of the RAM and refuses
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ["HF_HUB_OFFLINE"] = "1"  # a local directory: never ask the Hub
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for the answer
     from vllm import LLM, SamplingParams

@@ -25,13 +25,21 @@ class VerificationError(ValueError):
 def verification_prompt(tokenizer: transformers.PreTrainedTokenizerBase) -> list[int]:
     """Token ids of a fixed question in the model's chat template (plain text without a template)."""
     if tokenizer.chat_template:
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": VERIFY_QUESTION}],
-                                                  add_generation_prompt=True, tokenize=True, return_dict=False))
+        return list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": VERIFY_QUESTION}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        )
     return tokenizer(VERIFY_QUESTION)["input_ids"]
 
 
 @torch.no_grad()
-def greedy_ids(model: torch.nn.Module, prompt: list[int], max_new_tokens: int = VERIFY_NEW_TOKENS) -> list[int]:
+def greedy_ids(
+    model: torch.nn.Module, prompt: list[int], max_new_tokens: int = VERIFY_NEW_TOKENS
+) -> list[int]:
     """New token ids of a greedy generation; stops at the model's generation_config EOS."""
     model.eval()
     inputs = torch.tensor([prompt])
@@ -48,11 +56,15 @@ def verify_conversion(saved: transformers.PreTrainedModel, out: Path, prompt: li
     saved_ids = greedy_ids(saved, prompt)
     reloaded_ids = greedy_ids(reloaded, prompt)
     if reloaded_ids != saved_ids:
-        raise VerificationError(f"{out}: greedy tokens of the reloaded model {reloaded_ids} differ from the "
-                                f"in-memory model's {saved_ids}; the saved config does not describe the model")
+        raise VerificationError(
+            f"{out}: greedy tokens of the reloaded model {reloaded_ids} differ from the "
+            f"in-memory model's {saved_ids}; the saved config does not describe the model"
+        )
     if require_checkpoint_match and saved_ids != checkpoint_ids:
-        raise VerificationError(f"{out}: greedy tokens after conversion {saved_ids} differ from the checkpoint "
-                                f"model's {checkpoint_ids}")
+        raise VerificationError(
+            f"{out}: greedy tokens after conversion {saved_ids} differ from the checkpoint "
+            f"model's {checkpoint_ids}"
+        )
     return {
         "weights_equal": True, "tensors": weights,
         "prompt_ids": prompt, "checkpoint_tokens": checkpoint_ids, "converted_tokens": reloaded_ids,

@@ -27,17 +27,28 @@ def write_quarantine(docs: ray.data.Dataset, files: list[SourceFile], surveys: l
     """Every record that could not be read, with source, file, line and reason, in corpus order."""
     written = 0
     with path.open("w", encoding="utf-8") as sink:
-        for file, survey in zip(files, surveys):
+        for file, survey in zip(files, surveys, strict=True):
             if isinstance(survey, str):
-                sink.write(_json({"source": file.source.name, "file": file.path, "line": 0, "reason": survey}))
+                sink.write(
+                    _json({"source": file.source.name, "file": file.path, "line": 0, "reason": survey})
+                )
                 written += 1
-        bad = docs.filter(expr=col("status") == "quarantined").select_columns(["key", "source", "line", "reason", "raw"])
+        bad = docs.filter(expr=col("status") == "quarantined").select_columns(
+            ["key", "source", "line", "reason", "raw"]
+        )
         if bad.count():
             for row in bad.sort("key").iter_rows():
-                sink.write(_json({
-                    "source": row["source"], "file": files[row["key"] >> POSITION_BITS].path, "line": row["line"],
-                    "reason": row["reason"], "raw": row["raw"],
-                }))
+                sink.write(
+                    _json(
+                        {
+                            "source": row["source"],
+                            "file": files[row["key"] >> POSITION_BITS].path,
+                            "line": row["line"],
+                            "reason": row["reason"],
+                            "raw": row["raw"],
+                        }
+                    )
+                )
                 written += 1
     return written
 
@@ -45,7 +56,9 @@ def write_quarantine(docs: ray.data.Dataset, files: list[SourceFile], surveys: l
 def write_duplicate_sample(docs: ray.data.Dataset, clusters: DuplicateClusters, files: list[SourceFile],
                            path: Path) -> None:
     """A few duplicate clusters, kept document first, for a human to check the dedup threshold."""
-    wanted = np.asarray(sorted({k for kept, removed in clusters.clusters for k in (kept, *removed)}), np.int64)
+    wanted = np.asarray(
+        sorted({k for kept, removed in clusters.clusters for k in (kept, *removed)}), np.int64
+    )
     rows = {}
     if wanted.size:
         sample = docs.map_batches(
@@ -55,8 +68,12 @@ def write_duplicate_sample(docs: ray.data.Dataset, clusters: DuplicateClusters, 
 
     def describe(key: int) -> dict:
         row = rows.get(key, {})
-        return {"source": row.get("source"), "file": files[key >> POSITION_BITS].path, "line": row.get("line"),
-                "text": (row.get("text") or "")[:EXCERPT]}
+        return {
+            "source": row.get("source"),
+            "file": files[key >> POSITION_BITS].path,
+            "line": row.get("line"),
+            "text": (row.get("text") or "")[:EXCERPT],
+        }
 
     with path.open("w", encoding="utf-8") as sink:
         for kept, removed in clusters.clusters:
@@ -98,7 +115,9 @@ def reconcile_counts(
         accounted = (row["kept_documents"] + sum(filtered.values()) + row["exact_duplicates"]
                      + row["near_duplicates"] + row["prefix_duplicates"] + row["quarantined"])
         if accounted != row["read"]:
-            raise RuntimeError(f"source {name}: counts do not reconcile: read {row['read']} != {accounted} ({row})")
+            raise RuntimeError(
+                f"source {name}: counts do not reconcile: read {row['read']} != {accounted} ({row})"
+            )
         per_source[name] = row
     total = {key: sum(r[key] for r in per_source.values())
              for key in ("read", "quarantined", "exact_duplicates", "near_duplicates", "prefix_duplicates",
@@ -124,12 +143,14 @@ def per_source_totals(ds: ray.data.Dataset) -> dict[str, dict[str, int]]:
             for _, row in frame.iterrows()}
 
 
-def status_counts(docs: ray.data.Dataset, surveys: list, source_of_file: list[str]) -> dict[str, dict[str, int]]:
+def status_counts(
+    docs: ray.data.Dataset, surveys: list, source_of_file: list[str]
+) -> dict[str, dict[str, int]]:
     frame = docs.groupby(["source", "status"]).count().to_pandas()
     counts: dict[str, dict[str, int]] = {}
     for _, row in frame.iterrows():
         counts.setdefault(row["source"], {})[row["status"]] = int(row["count()"])
-    for name, survey in zip(source_of_file, surveys):
+    for name, survey in zip(source_of_file, surveys, strict=True):
         if isinstance(survey, str):  # an unreadable file is one quarantined record
             per_source = counts.setdefault(name, {})
             per_source["quarantined"] = per_source.get("quarantined", 0) + 1
@@ -146,6 +167,6 @@ def removed_by_source(duplicates: DuplicateReport, source_of_file: list[str]) ->
     for kind, keys in (("exact_duplicates", removed[exact]), ("near_duplicates", removed[near]),
                        ("prefix_duplicates", removed[prefix])):
         sources, n = np.unique(names[keys >> POSITION_BITS], return_counts=True) if keys.size else ([], [])
-        for name, count in zip(sources, n):
+        for name, count in zip(sources, n, strict=True):
             counts.setdefault(name, {})[kind] = int(count)
     return counts

@@ -57,8 +57,10 @@ class ChatRenderer:
             self.chat_template, self._template_name = CLASSIC_CHAT_TEMPLATE, "the classic chat template"
         elif template == "tokenizer":
             if not isinstance(tokenizer.chat_template, str):
-                raise ValueError(f"chat template 'tokenizer': tokenizer {name} has no (single) chat_template; "
-                                 "use template 'classic' or add one to its tokenizer_config.json")
+                raise ValueError(
+                    f"chat template 'tokenizer': tokenizer {name} has no (single) chat_template; "
+                    "use template 'classic' or add one to its tokenizer_config.json"
+                )
             self.chat_template = tokenizer.chat_template
             self._template_name = f"the chat template of tokenizer {name}"
         else:
@@ -124,7 +126,9 @@ class ChatRenderer:
                              f"{self._eos_text!r}; the model would never learn to stop (vLLM stops at EOS)")
         return len(prompt), eos_at + len(self._eos_text), len(through)
 
-    def _apply(self, messages: list[dict], tools: list[dict[str, Any]] | None, generation_prompt=False) -> str:
+    def _apply(
+        self, messages: list[dict], tools: list[dict[str, Any]] | None, generation_prompt=False
+    ) -> str:
         # apply_chat_template compiles each template string once (an lru_cache in transformers).
         return self._tokenizer.apply_chat_template(messages, tools=tools, chat_template=self.chat_template,
                                                    add_generation_prompt=generation_prompt, tokenize=False)

@@ -85,7 +85,8 @@ class MinHasher:
         return np.ascontiguousarray(sig.T)
 
     def _fold_texts(self, sig: np.ndarray, texts: list[str]) -> None:
-        """Lower `sig` (num_perm, len(texts)), a view into the batch's signatures, by these texts' shingles."""
+        """Lower `sig` (num_perm, len(texts)), a view into the batch's signatures,
+        by these texts' shingles."""
         hashes, counts = self._shingle_hashes(texts)
         docs = np.flatnonzero(counts)
         ends = np.cumsum(counts[docs])
@@ -173,7 +174,8 @@ def band_buckets(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def collision_edges(buckets: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(src, dst) int64 edges, unique: in every bucket with >1 distinct key, its smallest key -> each other key."""
+    """(src, dst) int64 edges, unique: in every bucket with >1 distinct key,
+    its smallest key -> each other key."""
     buckets, keys = np.asarray(buckets, np.int64).ravel(), np.asarray(keys, np.int64).ravel()
     if not len(buckets):
         return buckets.copy(), keys.copy()
@@ -199,7 +201,8 @@ class DuplicateClusters:
 
 
 def find_duplicate_clusters(src: np.ndarray, dst: np.ndarray, sample: int = 20) -> DuplicateClusters:
-    """Connected components of the duplicate graph; each keeps its smallest key. Edge order does not matter."""
+    """Connected components of the duplicate graph; each keeps its smallest key.
+    Edge order does not matter."""
     src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
     src, dst = src[src != dst], dst[src != dst]  # a self-loop is no duplicate
     nodes, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)

@@ -24,7 +24,13 @@ from __future__ import annotations
 
 import re
 
-MARKER_PAIRS = (("<user>", "<bot>"), ("患者", "医生"), ("Human", "Assistant"), ("用户", "助手"), ("User", "Assistant"))
+MARKER_PAIRS = (
+    ("<user>", "<bot>"),
+    ("患者", "医生"),
+    ("Human", "Assistant"),
+    ("用户", "助手"),
+    ("User", "Assistant"),
+)
 SPLIT_MODES = ("auto", "always", "never")
 
 _MARKERS = [  # per pair: either marker at a line start; the group "user" says which one matched
@@ -63,7 +69,7 @@ def split_marked_dialogue(text: str, mode: str) -> list[tuple[str, str]] | None:
             continue
         ends = [marker.start() for marker in found[1:]] + [len(text)]
         turns = [("user", preamble)] if preamble else []
-        for role, marker, end in zip(roles, found, ends):
+        for role, marker, end in zip(roles, found, ends, strict=True):
             content = text[marker.end():end].strip()
             if turns and turns[-1][0] == role:
                 turns[-1] = (role, f"{turns[-1][1]}\n{content}".strip())

@@ -96,7 +96,11 @@ def _json_shape(text: str, format: str) -> FileShape:
         return FileShape("json", None, None)
     start = len(text) - len(text.lstrip())
     first_line = text[start:].split("\n", 1)[0].strip()
-    if first_line.startswith("{") and _json_value(first_line) is _NOT_JSON and _object_starts(text, start, first_line):
+    if (
+        first_line.startswith("{")
+        and _json_value(first_line) is _NOT_JSON
+        and _object_starts(text, start, first_line)
+    ):
         return FileShape("json_objects", None, "JSON objects back to back, not one per line")
     return FileShape("jsonl", None, "JSON Lines, not a JSON array" if format == "json" else None)
 

@@ -16,7 +16,8 @@ _MASK64 = (1 << 64) - 1
 
 
 def mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, in place on a uint64 array (returned too): every input bit flips half the output."""
+    """splitmix64's finaliser, in place on a uint64 array (returned too):
+    every input bit flips half the output."""
     with np.errstate(over="ignore"):
         z ^= z >> np.uint64(30)
         z *= np.uint64(0xBF58476D1CE4E5B9)
@@ -28,7 +29,9 @@ def mix64(z: np.ndarray) -> np.ndarray:
 
 def splitmix64(values: np.ndarray, salt: int | np.ndarray = 0) -> np.ndarray:
     """uint64 hash of each integer in `values` under `salt` (an int, or an array of them, one per value)."""
-    salt = np.asarray(salt & _MASK64, np.uint64) if isinstance(salt, int) else np.asarray(salt).astype(np.uint64)
+    salt = (
+        np.asarray(salt & _MASK64, np.uint64) if isinstance(salt, int) else np.asarray(salt).astype(np.uint64)
+    )
     with np.errstate(over="ignore"):
         return mix64(values.astype(np.uint64) + salt * GOLDEN + GOLDEN)
 

@@ -36,8 +36,9 @@ def mixture_factors(
     budget = total - natural_tokens
     if budget <= 0:
         raise ConfigError(
-            f"mix.total_tokens {total} leaves no tokens for the weighted sources {sorted(weighted)}: the sources "
-            f"without a weight keep all {natural_tokens} of theirs; set weight: on every source or raise total_tokens"
+            f"mix.total_tokens {total} leaves no tokens for the weighted sources {sorted(weighted)}: the "
+            f"sources without a weight keep all {natural_tokens} of theirs; set weight: on every source or "
+            "raise total_tokens"
         )
     weight_sum = sum(weighted.values())
     return {name: (weighted[name] / weight_sum * budget / kept[name]) if name in weighted
@@ -49,8 +50,10 @@ def mixture_warnings(factors: dict[str, float]) -> list[str]:
     warnings = []
     for name, factor in factors.items():
         if factor > REPEAT_WARNING:
-            warnings.append(f"source {name}: each document repeated {factor:.1f}x on average (weight too high "
-                            f"for its size?)")
+            warnings.append(
+                f"source {name}: each document repeated {factor:.1f}x on average (weight too high "
+                f"for its size?)"
+            )
         elif 0 < factor < CUT_WARNING:
             warnings.append(f"source {name}: only {factor:.0%} of its documents kept by the mixture")
     return warnings
@@ -63,7 +66,8 @@ def copies_per_document(keys: np.ndarray, factor: float, seed: int) -> np.ndarra
 
 
 def repeat_by_mixture(ds: ray.data.Dataset, factors: dict[str, float], seed: int) -> ray.data.Dataset:
-    """Each row repeated per its `source`'s factor (rows need `key`); column `copy` numbers the copies from 0."""
+    """Each row repeated per its `source`'s factor (rows need `key`);
+    column `copy` numbers the copies from 0."""
     return ds.map_batches(_repeat_rows, batch_format="pyarrow", fn_kwargs={"factors": factors, "seed": seed})
 
 

@@ -43,7 +43,9 @@ def cut_group(lengths: np.ndarray, tokens: np.ndarray, start: int, block_size: i
     for block in range(start // block_size, (end - 1) // block_size + 1 if end > start else 0):
         lo = max(block * block_size, start) - start
         hi = min((block + 1) * block_size, end) - start
-        inner = doc_ends[np.searchsorted(doc_ends, lo, side="right") : np.searchsorted(doc_ends, hi, side="left")]
+        inner = doc_ends[
+            np.searchsorted(doc_ends, lo, side="right") : np.searchsorted(doc_ends, hi, side="left")
+        ]
         cuts = np.concatenate([[lo], inner, [hi]])
         offset = lo + start - block * block_size
         lens = np.diff(cuts).astype(np.int32)

@@ -205,7 +205,9 @@ def _csv_record(
         return _error(line, f"undecodable bytes as {encoding}", shown)
     if len(row) != len(header):
         return _error(line, f"expected {len(header)} CSV fields ({','.join(header)}), got {len(row)}", shown)
-    return _record(line, {name: _normalise_newlines(value) for name, value in zip(header, row)}, shown)
+    return _record(
+        line, {name: _normalise_newlines(value) for name, value in zip(header, row, strict=True)}, shown
+    )
 
 
 def _read_parquet(chunk: FileChunk) -> Iterator[RawRecord]:
@@ -249,7 +251,9 @@ def _normalise_newlines(value: Any) -> Any:
 
 def _object_record(line: int, value: Any, raw: str, position: int | None = None) -> RawRecord:
     if not isinstance(value, dict):
-        return _error(line, f"JSON value is {_JSON_KINDS.get(type(value), 'null')}, not an object", raw, position)
+        return _error(
+            line, f"JSON value is {_JSON_KINDS.get(type(value), 'null')}, not an object", raw, position
+        )
     return _record(line, _normalise_newlines(value), raw, position)
 
 

@@ -1,4 +1,5 @@
-"""What "the same SFT sample" means: the dedup key of a conversation, and conversations a longer one continues.
+"""What "the same SFT sample" means: the dedup key of a conversation, and conversations a longer one
+continues.
 
     key       compared text (exact + MinHash near dedup, the smallest key of a cluster is kept)
     prompt    system prompt + tools + every user turn (default: the same question asked again is
@@ -31,11 +32,15 @@ def dedup_text(conversation: Conversation, key: str) -> str:
     """The text dedup compares for `conversation` under `key` (one of DEDUP_KEYS)."""
     if key == "first_turn":
         return conversation.first_user_turn
-    turns = conversation.turns if key == "conversation" else [t for t in conversation.turns if t.role == "user"]
+    turns = (
+        conversation.turns if key == "conversation" else [t for t in conversation.turns if t.role == "user"]
+    )
     header = [conversation.system or ""]
     if conversation.tools:
         header.append(json.dumps(conversation.tools, ensure_ascii=False, sort_keys=True))
-    return "\n".join(header + [f"{t.role}: {t.content}" if key == "conversation" else t.content for t in turns])
+    return "\n".join(
+        header + [f"{t.role}: {t.content}" if key == "conversation" else t.content for t in turns]
+    )
 
 
 def dedup_texts(batch: pa.Table, key: str) -> pa.Table:
@@ -79,7 +84,7 @@ def find_prefix_conversations(conversations: ray.data.Dataset) -> np.ndarray:
 def _prefix_rows(batch: pa.Table) -> pa.Table:
     """A row per conversation (is_prefix false: its whole hash) and one per prefix of it (is_prefix true)."""
     keys, hashes, is_prefix = [], [], []
-    for key, text in zip(batch.column("key").to_pylist(), batch.column("text").to_pylist()):
+    for key, text in zip(batch.column("key").to_pylist(), batch.column("text").to_pylist(), strict=True):
         whole, prefixes = prefix_hashes(Conversation.from_json(text))
         keys += [key] * (1 + len(prefixes))
         hashes += [whole, *prefixes]

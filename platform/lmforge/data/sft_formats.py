@@ -1,13 +1,14 @@
 """Every common SFT record schema into one `Conversation` (lmforge.data.conversation).
 
-    record_format = detect_file_record_format(path, first_fields)    # once per file, unless the config names it
+    record_format = detect_file_record_format(path, first_fields)  # once per file, unless the config names it
     conversation = to_conversation(fields, record_format, source.fields, source.system,
                                    split_dialogue=source.split_dialogue)   # or RecordError
 
 Schemas; `field_map` renames any field, top-level or inside a turn ({"instruction": "prompt"}):
     alpaca        {instruction, input?, output, system?, history?: [[user, assistant], ...]}
     chatglm2      {prompt, response, history?: [[user, assistant], ...]}   (ChatGLM-6B and ChatGLM2-6B)
-    sharegpt      {conversations: [{from: human|gpt|system|function_call|observation, value}], system?, tools?}
+    sharegpt      {conversations: [{from: human|gpt|system|function_call|observation, value}],
+                   system?, tools?}
     chatglm3      {conversations: [{role: system|user|assistant|observation|tool, content, loss?}], tools?}
     openai        {messages: [{role: system|user|assistant|tool, content, tool_calls?, weight?}], tools?}
     advertisegen  {content, summary}
@@ -45,7 +46,11 @@ SHAREGPT_ROLES = {
 CHATGLM3_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "observation": "tool"}
 OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 # The roles a turn may follow; None is the start (after any system prompt).
-_MAY_FOLLOW = {"user": {None, "assistant"}, "assistant": {"user", "assistant", "tool"}, "tool": {"assistant", "tool"}}
+_MAY_FOLLOW = {
+    "user": {None, "assistant"},
+    "assistant": {"user", "assistant", "tool"},
+    "tool": {"assistant", "tool"},
+}
 _KINDS = {type(None): "null", str: "a string", list: "a list", dict: "an object", bool: "a boolean",
           int: "a number", float: "a number"}
 _REQUIRED = object()
@@ -89,16 +94,25 @@ def detect_file_record_format(path: str, first_fields: dict | None) -> str:
         turns = first_fields.get("conversations", first_fields.get("messages"))
         if isinstance(turns, list) and turns:
             first = turns[0]
-            seen += f", first turn keys {sorted(first)}" if isinstance(first, dict) else f", first turn {_kind(first)}"
+            seen += (
+                f", first turn keys {sorted(first)}"
+                if isinstance(first, dict)
+                else f", first turn {_kind(first)}"
+            )
     raise ValueError(
-        f"{path}: cannot tell the SFT format from {seen}; set record_format: (one of {', '.join(RECORD_FORMATS)}) "
+        f"{path}: cannot tell the SFT format from {seen}; set record_format: "
+        f"(one of {', '.join(RECORD_FORMATS)}) "
         f"and, if the names differ, fields: (e.g. {{instruction: prompt, output: answer}})"
     )
 
 
 def to_conversation(
-    fields: dict, record_format: str, field_map: dict[str, str] | None = None, default_system: str | None = None,
-    *, split_dialogue: str = "never",
+    fields: dict,
+    record_format: str,
+    field_map: dict[str, str] | None = None,
+    default_system: str | None = None,
+    *,
+    split_dialogue: str = "never",
 ) -> Conversation:
     """One record as a Conversation; RecordError with a short reason if it cannot be trained on.
 
@@ -162,18 +176,30 @@ class _Fields:
 def _alpaca(record: _Fields, split_dialogue: str) -> tuple[list[Item], str | None, None, dict]:
     instruction, extra = record.text("instruction"), record.text("input", None)
     user = f"{instruction}\n{extra}" if extra else instruction
-    return _history_then(record, user, record.text("output"), split_dialogue), record.text("system", None), None, {}
+    return (
+        _history_then(record, user, record.text("output"), split_dialogue),
+        record.text("system", None),
+        None,
+        {},
+    )
 
 
 def _chatglm2(record: _Fields, split_dialogue: str) -> tuple[list[Item], None, None, dict]:
-    return _history_then(record, record.text("prompt"), record.text("response"), split_dialogue), None, None, {}
+    return (
+        _history_then(record, record.text("prompt"), record.text("response"), split_dialogue),
+        None,
+        None,
+        {},
+    )
 
 
 def _history_then(record: _Fields, prompt: str, answer: str, split_dialogue: str) -> list[Item]:
     """The record's history pairs, then the prompt (split at role markers, if so) and its answer."""
     history = record.get("history", None) or []
     if not isinstance(history, list):
-        raise RecordError(f"field '{record.name('history')}' is {_kind(history)}, not [[user, assistant], ...]")
+        raise RecordError(
+            f"field '{record.name('history')}' is {_kind(history)}, not [[user, assistant], ...]"
+        )
     items: list[Item] = []
     for i, pair in enumerate(history):
         if not (isinstance(pair, list) and len(pair) == 2):
@@ -194,7 +220,9 @@ def _chatglm3(record: _Fields) -> tuple[list[Item], None, list | None, dict]:
     for number, turn in record.turns("conversations"):
         loss = turn.get("loss", None)
         if loss is not None and not isinstance(loss, bool):
-            raise RecordError(f"field '{turn.name('loss')}' in turn {number} is {_kind(loss)}, not true/false")
+            raise RecordError(
+                f"field '{turn.name('loss')}' in turn {number} is {_kind(loss)}, not true/false"
+            )
         if turn.get("role") == "tool":  # one step of ChatGLM3's tool use: the model's call, then the result
             call = {"name": turn.get("name"), "parameters": turn.get("parameters")}
             observation = turn.get("observation")
@@ -225,7 +253,12 @@ def _openai(record: _Fields) -> tuple[list[Item], None, list | None, dict]:
 
 
 def _advertisegen(record: _Fields) -> tuple[list[Item], None, None, dict]:
-    return [(1, "user", record.text("content"), None), (2, "assistant", record.text("summary"), None)], None, None, {}
+    return (
+        [(1, "user", record.text("content"), None), (2, "assistant", record.text("summary"), None)],
+        None,
+        None,
+        {},
+    )
 
 
 def _medical_csv(record: _Fields) -> tuple[list[Item], None, None, dict]:
@@ -277,7 +310,9 @@ def _conversation(items: list[Item], system: str | None, tools: list | None, met
         content = content.strip()
         if role == "system":
             if number != 1:
-                raise RecordError(f"role out of order: system at turn {number}; only the first turn may be system")
+                raise RecordError(
+                    f"role out of order: system at turn {number}; only the first turn may be system"
+                )
             system = content or system
             continue
         previous = turns[-1].role if turns else None

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-IGNORE_INDEX = -100
+from lmforge.data.chat_render import IGNORE_INDEX
 
 
 class _RoomIndex:
@@ -124,12 +124,16 @@ def pack_samples(samples: pa.Table, capacity: int, mode: Literal["packed", "padd
     lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
     mismatched = np.flatnonzero(lengths != pc.list_value_length(labels).to_numpy(zero_copy_only=False))
     if mismatched.size:
-        raise ValueError(f"pack_samples: sample key {keys[mismatched[0]]} has input_ids and labels of different lengths")
+        raise ValueError(
+            f"pack_samples: sample key {keys[mismatched[0]]} has input_ids and labels of different lengths"
+        )
     too_long = np.flatnonzero(lengths > capacity)
     if too_long.size:
         key = keys[too_long[0]]
-        raise ValueError(f"pack_samples: sample key {key} has {lengths[too_long[0]]} tokens > capacity {capacity}; "
-                         "truncate it or raise the capacity")
+        raise ValueError(
+            f"pack_samples: sample key {key} has {lengths[too_long[0]]} tokens > capacity {capacity}; "
+            "truncate it or raise the capacity"
+        )
 
     if mode == "packed":
         bins = best_fit_decreasing(lengths.tolist(), capacity)

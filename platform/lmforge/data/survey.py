@@ -109,7 +109,9 @@ def survey_file(
         blocks = _whole_line_blocks(f)
         first = next(blocks, (0, b""))
         # Decided before any cut: paragraph chunks may only start after a blank line.
-        shape = detect_shape(first[1], named, from_extension=format is None, text_unit=text_unit, encoding=encoding)
+        shape = detect_shape(
+            first[1], named, from_extension=format is None, text_unit=text_unit, encoding=encoding
+        )
         cutter = _ChunkCutter(chunk_bytes, _CHUNK_BOUNDARY[shape.text_unit or "line"])
         for offset, block in itertools.chain([first], blocks):
             sha.update(block)
@@ -125,7 +127,9 @@ def survey_file(
         chunks = cutter.chunks(path, shape.format, encoding, size, shape.text_unit)
     else:
         chunks = (FileChunk(path, shape.format, encoding, 0, size, 1),)
-    return FileSurvey(path, size, sha.hexdigest(), encoding, shape.format, chunks, shape.text_unit, shape.detected)
+    return FileSurvey(
+        path, size, sha.hexdigest(), encoding, shape.format, chunks, shape.text_unit, shape.detected
+    )
 
 
 def _whole_line_blocks(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
@@ -225,14 +229,15 @@ class _ChunkCutter:
         ends = [offset for offset, _ in starts[1:]] + [size]
         return tuple(
             FileChunk(path, format, encoding, start, end, line, text_unit)
-            for (start, line), end in zip(starts, ends)
+            for (start, line), end in zip(starts, ends, strict=True)
         )
 
 
 def _parquet_chunks(path: str) -> tuple[FileChunk, ...]:
     metadata = parquet_file(path).metadata
     rows = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
-    groups = zip(range(len(rows)), itertools.accumulate(rows, initial=1))
+    # accumulate yields one more: the line after the last group
+    groups = zip(range(len(rows)), itertools.accumulate(rows, initial=1), strict=False)
     return tuple(FileChunk(path, "parquet", "utf-8", group, group + 1, first) for group, first in groups)
 
 

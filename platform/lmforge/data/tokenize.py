@@ -24,7 +24,9 @@ def load_fast_tokenizer(path: str):
                                 "tokenizer directory (or run `lmforge train-tokenizer` first)")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not tokenizer.is_fast:
-        raise ValueError(f"tokenizer {path}: a fast (Rust) tokenizer is needed, got {type(tokenizer).__name__}")
+        raise ValueError(
+            f"tokenizer {path}: a fast (Rust) tokenizer is needed, got {type(tokenizer).__name__}"
+        )
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {path}: has no EOS token; documents must end with one")
     return tokenizer
@@ -32,7 +34,8 @@ def load_fast_tokenizer(path: str):
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """What a tokenizing worker needs: the Rust tokenizer's JSON and the special ids (no transformers import)."""
+    """What a tokenizing worker needs: the Rust tokenizer's
+    JSON and the special ids (no transformers import)."""
 
     backend_json: str
     eos_id: int
@@ -79,7 +82,7 @@ class DocumentTokenizer:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         flat = np.empty(offsets[-1], dtype=np.int32)
-        for encoding, start, end in zip(encodings, offsets[:-1], offsets[1:]):
+        for encoding, start, end in zip(encodings, offsets[:-1], offsets[1:], strict=True):
             if self._bos is not None:
                 flat[start] = self._bos
             flat[end - len(encoding.ids) - 1 : end - 1] = encoding.ids

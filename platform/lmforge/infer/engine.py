@@ -47,15 +47,24 @@ def model_limits(model_dir: str | Path, engine: EngineConfig) -> tuple[int, list
     return int(max_len), [eos] if isinstance(eos, int) else list(eos or [])
 
 
-def run_requests(requests: ray.data.Dataset, model_dir: str | Path, engine: EngineConfig,
-                 sampling: SamplingConfig, scoring: bool = False, carry: tuple[str, ...] = ()) -> ray.data.Dataset:
+def run_requests(
+    requests: ray.data.Dataset,
+    model_dir: str | Path,
+    engine: EngineConfig,
+    sampling: SamplingConfig,
+    scoring: bool = False,
+    carry: tuple[str, ...] = (),
+) -> ray.data.Dataset:
     """Results of `requests` (see the module docstring), plus the request columns named in `carry`.
     Lazy: nothing runs until the dataset is consumed."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     max_len, eos_ids = model_limits(model_dir, engine)
-    placement = ({"bundles": [{"CPU": 1}]} if engine.accelerator == "cpu"
-                 else {"bundles": [{"GPU": 1, "CPU": 1}] * engine.engine_kwargs.get("tensor_parallel_size", 1)})
+    placement = (
+        {"bundles": [{"CPU": 1}]}
+        if engine.accelerator == "cpu"
+        else {"bundles": [{"GPU": 1, "CPU": 1}] * engine.engine_kwargs.get("tensor_parallel_size", 1)}
+    )
     config = vLLMEngineProcessorConfig(
         model_source=str(Path(model_dir).resolve()),
         engine_kwargs={**engine.engine_kwargs, "max_model_len": max_len},
@@ -82,8 +91,13 @@ def run_requests(requests: ray.data.Dataset, model_dir: str | Path, engine: Engi
     return processor(requests).map(_normalise_row, fn_kwargs={"carry": carry})
 
 
-def run_request_list(requests: list[dict], model_dir: str | Path, engine: EngineConfig, sampling: SamplingConfig,
-                     scoring: bool = False) -> dict[str, dict]:
+def run_request_list(
+    requests: list[dict],
+    model_dir: str | Path,
+    engine: EngineConfig,
+    sampling: SamplingConfig,
+    scoring: bool = False,
+) -> dict[str, dict]:
     """Results by id for a list of requests small enough for the driver (synth items, eval sets).
 
     A prompt with no room left for one generated token fails here as too_long, without an engine;
@@ -99,9 +113,15 @@ def run_request_list(requests: list[dict], model_dir: str | Path, engine: Engine
 
 
 def too_long_result(request_id: str, prompt_tokens: int, max_len: int) -> dict:
-    return {"id": request_id, "text": "", "prompt_tokens": prompt_tokens, "generated_tokens": 0,
-            "finish_reason": "error", "logprob": math.nan,
-            "error": f"too_long: the prompt has {prompt_tokens} tokens; the engine's max_model_len is {max_len}"}
+    return {
+        "id": request_id,
+        "text": "",
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": 0,
+        "finish_reason": "error",
+        "logprob": math.nan,
+        "error": f"too_long: the prompt has {prompt_tokens} tokens; the engine's max_model_len is {max_len}",
+    }
 
 
 class _EngineRequest:

@@ -38,7 +38,9 @@ def perplexity_windows(texts: list[str], encode: Encode, eos_id: int, window: in
     return windows
 
 
-def perplexity_requests(task: PerplexityTaskConfig, texts: list[str], encode: Encode, eos_id: int) -> list[dict]:
+def perplexity_requests(
+    task: PerplexityTaskConfig, texts: list[str], encode: Encode, eos_id: int
+) -> list[dict]:
     return [{"id": f"ppl:{i}", "prompt_ids": ids, "max_tokens": 1, "score_from": 1}
             for i, ids in enumerate(perplexity_windows(texts, encode, eos_id, task.window))]
 
@@ -67,10 +69,14 @@ def load_questions(path: str, limit: int | None = None) -> list[dict]:
             fields = {str(k).strip().lower(): v for k, v in record.fields.items()}
             missing = [c for c in ("question", "a", "b", "c", "d", "answer") if c not in fields]
             if missing:
-                raise ValueError(f"{path}:{record.line}: missing column(s) {missing}; need Question, A, B, C, D, Answer")
+                raise ValueError(
+                    f"{path}:{record.line}: missing column(s) {missing}; need Question, A, B, C, D, Answer"
+                )
             answer = str(fields["answer"]).strip().upper()[:1]
             if answer not in LETTERS:
-                raise ValueError(f"{path}:{record.line}: Answer {fields['answer']!r} is not one of A, B, C, D")
+                raise ValueError(
+                    f"{path}:{record.line}: Answer {fields['answer']!r} is not one of A, B, C, D"
+                )
             questions.append({"question": str(fields["question"]).strip(), "answer": answer,
                               **{letter: str(fields[letter.lower()]).strip() for letter in LETTERS},
                               **({"id": fields["id"]} if "id" in fields else {})})
@@ -97,14 +103,18 @@ def mcq_requests(task: MultipleChoiceTaskConfig, questions: list[dict], dev: lis
             if len(context) + longest < max_len:
                 break
         base = f"mcq:{task.name}:{q_index}"
-        requests += [{"id": f"{base}:{L}", "prompt_ids": context + cont, "max_tokens": 1, "score_from": len(context)}
-                     for L, cont in zip(LETTERS, continuations)]
+        requests += [
+            {"id": f"{base}:{L}", "prompt_ids": context + cont, "max_tokens": 1, "score_from": len(context)}
+            for L, cont in zip(LETTERS, continuations, strict=True)
+        ]
         requests.append({"id": f"{base}:gen", "prompt_ids": context, "max_tokens": task.generate_max_tokens,
                          "score_from": -1})
     return requests
 
 
-def judge_answers(questions: list[dict], loglik: dict[tuple[int, str], float], generated: dict[int, str]) -> list[dict]:
+def judge_answers(
+    questions: list[dict], loglik: dict[tuple[int, str], float], generated: dict[int, str]
+) -> list[dict]:
     """One record per question: how each method answered it and whether that was right.
 
     `loglik[(question index, letter)]` (NaN: not scored), `generated[question index]` the generated text.
@@ -113,15 +123,24 @@ def judge_answers(questions: list[dict], loglik: dict[tuple[int, str], float], g
     judged = []
     for i, question in enumerate(questions):
         scores = {L: loglik.get((i, L), math.nan) for L in LETTERS}
-        by_loglik = None if any(math.isnan(v) for v in scores.values()) else max(LETTERS, key=scores.__getitem__)
+        by_loglik = (
+            None if any(math.isnan(v) for v in scores.values()) else max(LETTERS, key=scores.__getitem__)
+        )
         text = generated.get(i, "")
         by_generation = parse_choice(text, {L: question[L] for L in LETTERS})
-        judged.append({
-            "question_id": question.get("id", i), "question": question["question"], "answer": question["answer"],
-            "loglik": {L: None if math.isnan(v) else round(v, 6) for L, v in scores.items()},
-            "choice_loglik": by_loglik, "correct_loglik": by_loglik == question["answer"],
-            "generated": text, "choice_generated": by_generation, "correct_generated": by_generation == question["answer"],
-        })
+        judged.append(
+            {
+                "question_id": question.get("id", i),
+                "question": question["question"],
+                "answer": question["answer"],
+                "loglik": {L: None if math.isnan(v) else round(v, 6) for L, v in scores.items()},
+                "choice_loglik": by_loglik,
+                "correct_loglik": by_loglik == question["answer"],
+                "generated": text,
+                "choice_generated": by_generation,
+                "correct_generated": by_generation == question["answer"],
+            }
+        )
     return judged
 
 
@@ -135,15 +154,22 @@ def score_multiple_choice(judged: list[dict]) -> dict:
             "unparsed_generations": sum(j["choice_generated"] is None for j in judged)}
 
 
-def judge_multiple_choice(task: MultipleChoiceTaskConfig, questions: list[dict], results: dict[str, dict]) -> list[dict]:
+def judge_multiple_choice(
+    task: MultipleChoiceTaskConfig, questions: list[dict], results: dict[str, dict]
+) -> list[dict]:
     """judge_answers on the engine's results, each record with the errors of its requests (normally none)."""
     base = f"mcq:{task.name}"
-    loglik = {(i, L): (math.nan if results[f"{base}:{i}:{L}"]["error"] else results[f"{base}:{i}:{L}"]["logprob"])
-              for i in range(len(questions)) for L in LETTERS}
+    loglik = {
+        (i, L): (math.nan if results[f"{base}:{i}:{L}"]["error"] else results[f"{base}:{i}:{L}"]["logprob"])
+        for i in range(len(questions))
+        for L in LETTERS
+    }
     generated = {i: results[f"{base}:{i}:gen"]["text"] for i in range(len(questions))}
     judged = judge_answers(questions, loglik, generated)
     for i, record in enumerate(judged):
-        record["errors"] = [e for e in (results[f"{base}:{i}:{part}"]["error"] for part in (*LETTERS, "gen")) if e]
+        record["errors"] = [
+            e for e in (results[f"{base}:{i}:{part}"]["error"] for part in (*LETTERS, "gen")) if e
+        ]
     return judged
 
 
@@ -166,24 +192,43 @@ def load_cases(task: OpenQATaskConfig) -> list[dict]:
 
 
 def open_qa_requests(task: OpenQATaskConfig, items: list[dict], encode_chat: Encode) -> list[dict]:
-    return [{"id": f"qa:{i}", "max_tokens": task.max_tokens, "score_from": -1,
-             "prompt_ids": encode_chat(task.prompt.format(title=item["title"], description=item["description"],
-                                                          question=item["question"]))}
-            for i, item in enumerate(items)]
+    return [
+        {
+            "id": f"qa:{i}",
+            "max_tokens": task.max_tokens,
+            "score_from": -1,
+            "prompt_ids": encode_chat(
+                task.prompt.format(
+                    title=item["title"], description=item["description"], question=item["question"]
+                )
+            ),
+        }
+        for i, item in enumerate(items)
+    ]
 
 
 def open_qa_metrics(items: list[dict], results: dict[str, dict]) -> dict:
     answers = [results[f"qa:{i}"] for i in range(len(items))]
     ok = [a for a in answers if not a["error"]]
-    f1 = [char_f1(a["text"], item["reference"]) for a, item in zip(answers, items) if not a["error"]]
-    return {"questions": len(items), "answered": len(ok),
-            "mean_answer_chars": round(sum(len(a["text"]) for a in ok) / len(ok), 1) if ok else None,
-            "truncated_share": round(sum(a["finish_reason"] == "length" for a in ok) / len(ok), 4) if ok else None,
-            "char_f1_vs_reference": round(sum(f1) / len(f1), 4) if f1 else None}
+    f1 = [
+        char_f1(a["text"], item["reference"])
+        for a, item in zip(answers, items, strict=True)
+        if not a["error"]
+    ]
+    return {
+        "questions": len(items),
+        "answered": len(ok),
+        "mean_answer_chars": round(sum(len(a["text"]) for a in ok) / len(ok), 1) if ok else None,
+        "truncated_share": round(sum(a["finish_reason"] == "length" for a in ok) / len(ok), 4)
+        if ok
+        else None,
+        "char_f1_vs_reference": round(sum(f1) / len(f1), 4) if f1 else None,
+    }
 
 
 def char_f1(answer: str, reference: str) -> float:
-    """F1 of the characters two texts share (as multisets, whitespace ignored): a rough overlap signal only."""
+    """F1 of the characters two texts share (as multisets, whitespace ignored):
+    a rough overlap signal only."""
     a = [c for c in answer if not c.isspace()]
     r = [c for c in reference if not c.isspace()]
     if not a or not r:

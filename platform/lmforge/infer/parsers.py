@@ -17,7 +17,8 @@ from collections.abc import Mapping
 
 # "问题1:", "问题 2：", "问1.", "Q1:", "1. 问题:"; the number is optional, the colon (or 、/.) is not.
 _QA_MARKER = re.compile(
-    r"(?:^|\n)[ \t]*(?:\d+[.、)][ \t]*)?(?P<kind>问题|问|Q|Question|答案|回答|答|A|Answer)[ \t]*(?P<number>\d*)[ \t]*[:：.、]",
+    r"(?:^|\n)[ \t]*(?:\d+[.、)][ \t]*)?(?P<kind>问题|问|Q|Question|答案|回答|答|A|Answer)"
+    r"[ \t]*(?P<number>\d*)[ \t]*[:：.、]",
     re.IGNORECASE,
 )
 _QUESTION_KINDS = {"问题", "问", "q", "question"}
@@ -66,7 +67,8 @@ def parse_qa_pairs(text: str, max_pairs: int = 10) -> list[tuple[str, str]]:
 
 
 def parse_dialogue(text: str) -> list[tuple[str, str]]:
-    """(role, content) turns from '患者:'/'医生:' lines, starting with the user and ending with the assistant."""
+    """(role, content) turns from '患者:'/'医生:' lines,
+    starting with the user and ending with the assistant."""
     lines = list(_SPEAKER_LINE.finditer(text))
     turns: list[tuple[str, str]] = []
     for i, line in enumerate(lines):
@@ -104,7 +106,8 @@ def parse_choice(text: str, options: Mapping[str, str]) -> str | None:
 
 
 def _option_by_text(text: str, options: Mapping[str, str]) -> str | None:
-    """The option whose text the answer starts with, after an optional own letter ("A. 发热"); the longest wins."""
+    """The option whose text the answer starts with, after an optional own letter ("A. 发热");
+    the longest wins."""
     matches = {}
     for letter, option in options.items():
         option = unicodedata.normalize("NFKC", option).strip().rstrip("。.!！")

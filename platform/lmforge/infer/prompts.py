@@ -31,7 +31,9 @@ def prompt_record(fields: dict, source: PromptSourceConfig) -> str:
         prompt = fields.get(source.prompt_field)
         record_format = "prompt" if isinstance(prompt, str) else detect_record_format(fields)
         if record_format is None:
-            raise RecordError(f"neither a '{source.prompt_field}' field nor an SFT record; has {sorted(fields)[:8]}")
+            raise RecordError(
+                f"neither a '{source.prompt_field}' field nor an SFT record; has {sorted(fields)[:8]}"
+            )
     if record_format == "prompt":
         prompt = fields.get(source.prompt_field)
         if not isinstance(prompt, str) or not prompt.strip():

@@ -23,7 +23,9 @@ def build_llm_config(cfg: ServeConfig) -> LLMConfig:
     """The vLLM deployment: model dir, engine arguments, replicas and where they run (CPU or GPU)."""
     model_dir = Path(cfg.model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"model_dir {model_dir} is not a model directory (no config.json); run lmforge convert")
+        raise FileNotFoundError(
+            f"model_dir {model_dir} is not a model directory (no config.json); run lmforge convert"
+        )
     placement = {"accelerator_config": {"kind": "cpu"}, "placement_group_config": {"bundles": [{"CPU": 1}]}}
     if cfg.accelerator == "gpu":
         placement = {"accelerator_type": cfg.accelerator_type} if cfg.accelerator_type else {}

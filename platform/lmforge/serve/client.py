@@ -20,7 +20,9 @@ def stream_chat(base_url: str, model: str, question: str, api_key: str | None = 
     with requests.post(f"{base_url}/chat/completions", json=body, headers=headers, stream=True,
                        timeout=timeout_s) as response:
         if response.status_code != 200:
-            raise RuntimeError(f"{base_url}/chat/completions answered {response.status_code}: {response.text[:500]}")
+            raise RuntimeError(
+                f"{base_url}/chat/completions answered {response.status_code}: {response.text[:500]}"
+            )
         for line in response.iter_lines(decode_unicode=True):
             if not line or not line.startswith("data: "):
                 continue

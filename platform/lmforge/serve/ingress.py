@@ -34,7 +34,9 @@ ENDPOINTS = {
 
 def openai_error(status: int, message: str, kind: str) -> JSONResponse:
     """An error body in the OpenAI shape, which the openai client turns into AuthenticationError etc."""
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": status}})
+    return JSONResponse(
+        status_code=status, content={"error": {"message": message, "type": kind, "code": status}}
+    )
 
 
 class GuardedIngress(OpenAiIngress):
@@ -67,7 +69,8 @@ class GuardedIngress(OpenAiIngress):
         return rejected or await _engine_response(super().chat(body, request))
 
     async def health(self) -> JSONResponse:
-        """GET /health, open (load balancers carry no key): 200 when every model has a RUNNING replica, else 503.
+        """GET /health, open (load balancers carry no key): 200 when every model has a RUNNING replica,
+        else 503.
 
         RUNNING means the replica passed Serve's last health check, which asks the vLLM engine
         (every health_check_period_s, 10 s). Read from Serve's controller, not by sending the
@@ -89,7 +92,9 @@ class GuardedIngress(OpenAiIngress):
             return None
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         # compare_digest against every key: the time taken does not tell how much of a key matched
-        if scheme.lower() == "bearer" and any(hmac.compare_digest(key.strip().encode(), k) for k in self._api_keys):
+        if scheme.lower() == "bearer" and any(
+            hmac.compare_digest(key.strip().encode(), k) for k in self._api_keys
+        ):
             return None
         return openai_error(401, "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
                             "authentication_error")
@@ -113,12 +118,19 @@ class GuardedIngress(OpenAiIngress):
     def _prompt_tokens(self, prompt: Any):
         """A callable counting the longest prompt of a completions request (text, texts, ids or id lists)."""
         def count() -> int:
-            prompts = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
-            return max(len(p) if isinstance(p, list) else len(self._tokenizer(p)["input_ids"]) for p in prompts)
+            prompts = (
+                prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
+            )
+            return max(
+                len(p) if isinstance(p, list) else len(self._tokenizer(p)["input_ids"]) for p in prompts
+            )
+
         return count
 
     def _chat_tokens(self, messages: list[dict]):
-        """A callable counting the chat prompt as the engine sees it: messages in the model's chat template."""
+        """A callable counting the chat prompt as the engine sees it:
+        messages in the model's chat template."""
+
         def count() -> int:
             plain = [{"role": m["role"], "content": _text(m.get("content"))} for m in messages]
             ids = self._tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=True)
@@ -127,7 +139,8 @@ class GuardedIngress(OpenAiIngress):
 
 
 def _deployment_health(status, handle) -> dict:
-    """Replica states of the model's deployment; ready with a RUNNING replica, or none on purpose (scaled to zero)."""
+    """Replica states of the model's deployment; ready with a RUNNING replica,
+    or none on purpose (scaled to zero)."""
     app = status.applications.get(handle.app_name)
     deployment = app.deployments.get(handle.deployment_name) if app else None
     if deployment is None:
@@ -135,7 +148,12 @@ def _deployment_health(status, handle) -> dict:
     replicas = {getattr(state, "value", state): n for state, n in deployment.replica_states.items() if n}
     deployment_status = getattr(deployment.status, "value", deployment.status)
     ready = replicas.get("RUNNING", 0) > 0 or (not replicas and deployment_status == "HEALTHY")
-    return {"ready": ready, "deployment": handle.deployment_name, "status": deployment_status, "replicas": replicas}
+    return {
+        "ready": ready,
+        "deployment": handle.deployment_name,
+        "status": deployment_status,
+        "replicas": replicas,
+    }
 
 
 async def _engine_response(response: Awaitable):
@@ -159,8 +177,12 @@ async def _error_event_on_failure(chunks: AsyncIterator[str]) -> AsyncIterator[s
             yield chunk
     except Exception as exc:  # noqa: BLE001 - any failure of the replica or its engine ends this stream
         log.warning("stream failed midway: %r", exc)
-        error = {"message": f"The model replica failed while generating ({type(exc).__name__}); retry the request.",
-                 "type": "server_error", "code": 503}
+        error = {
+            "message": f"The model replica failed while generating ({type(exc).__name__}); "
+            "retry the request.",
+            "type": "server_error",
+            "code": 503,
+        }
         yield f"data: {json.dumps({'error': error})}\n\n"
         yield "data: [DONE]\n\n"
 

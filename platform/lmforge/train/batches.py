@@ -32,15 +32,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from lmforge.data.chat_render import IGNORE_INDEX
+
 POSITION_ID_MODELS = ("llama", "qwen2")
 ALIBI_MODELS = ("bloom",)
 
 
-def pretrain_batch(input_ids: np.ndarray | list, doc_lens: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-    """(micro_batch, block) token ids + each row's document piece lengths -> input_ids, labels, position_ids."""
+def pretrain_batch(
+    input_ids: np.ndarray | list, doc_lens: Sequence[Sequence[int]]
+) -> dict[str, torch.Tensor]:
+    """(micro_batch, block) token ids + each row's document piece lengths -> input_ids, labels,
+    position_ids."""
     ids = torch.as_tensor(np.stack([np.asarray(row) for row in input_ids]), dtype=torch.long)
-    positions = torch.stack([_positions(lens, ids.shape[1], f"pretrain row {i}") for i, lens in enumerate(doc_lens)])
+    positions = torch.stack(
+        [_positions(lens, ids.shape[1], f"pretrain row {i}") for i, lens in enumerate(doc_lens)]
+    )
     labels = ids.masked_fill(positions == 0, IGNORE_INDEX)
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
@@ -65,7 +71,9 @@ def sft_batch(rows: Sequence[dict], max_length: int, pad_id: int) -> dict[str, t
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
-def model_inputs(model_type: str, batch: dict[str, torch.Tensor], boundaries: Sequence[Sequence[int]]) -> dict:
+def model_inputs(
+    model_type: str, batch: dict[str, torch.Tensor], boundaries: Sequence[Sequence[int]]
+) -> dict:
     """Keyword arguments for `model(**inputs)` (labels included) that keep packed samples apart.
 
     `boundaries`: each row's sample lengths (pretrain doc_lens, SFT boundaries); tokens after the last
@@ -83,8 +91,12 @@ def model_inputs(model_type: str, batch: dict[str, torch.Tensor], boundaries: Se
 def block_causal_mask(boundaries: Sequence[Sequence[int]], length: int) -> torch.Tensor:
     """(rows, 1, length, length) additive float32 mask: causal within each sample, closed across samples."""
     samples = torch.stack([_sample_ids(lens, length, f"row {i}") for i, lens in enumerate(boundaries)])
-    allowed = (samples[:, :, None] == samples[:, None, :]) & torch.ones(length, length, dtype=torch.bool).tril()
-    mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    allowed = (samples[:, :, None] == samples[:, None, :]) & torch.ones(
+        length, length, dtype=torch.bool
+    ).tril()
+    mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
+    )
     return mask[:, None]
 
 

@@ -58,7 +58,8 @@ def remove_unregistered_checkpoints(run_dir: str | Path, resumed_step: int) -> l
     out by `keep_last`. Call on one rank before the first save; remote storage is left alone.
     """
     removed = []
-    for directory in sorted(d for d in Path(run_dir).glob("checkpoint_*") if d.is_dir()):  # not Ray's snapshot
+    # is_dir: not Ray's snapshot
+    for directory in sorted(d for d in Path(run_dir).glob("checkpoint_*") if d.is_dir()):
         state_file = directory / STATE_FILE
         step = json.loads(state_file.read_text())["step"] if state_file.is_file() else None
         if step is None or step > resumed_step:  # no state: rank 0's part never arrived

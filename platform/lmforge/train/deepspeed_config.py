@@ -63,7 +63,8 @@ def _optimizer(optim: OptimConfig, zero: ZeroConfig) -> dict[str, Any]:
 
 
 def fused_adamw(config: dict[str, Any], parameters) -> tuple[Any, dict[str, Any]]:
-    """(torch's fused AdamW, `config` without "optimizer") when `config` asks for torch's AdamW; else (None, config).
+    """(torch's fused AdamW, `config` without "optimizer") when `config` asks for torch's AdamW;
+    else (None, config).
 
     DeepSpeed builds torch.optim.AdamW with foreach at most; the fused kernel is ~10x faster on CPU (a
     23M-parameter ZeRO partition steps in 0.011 s instead of 0.117 s). DeepSpeed takes it as a client
@@ -76,11 +77,14 @@ def fused_adamw(config: dict[str, Any], parameters) -> tuple[Any, dict[str, Any]
     if section.get("type") != "AdamW" or not params.pop("torch_adam", False) or "foreach" in params:
         return None, config  # DeepSpeedCPUAdam (offload), another optimizer, or an explicit foreach choice
     params["betas"] = tuple(params.get("betas", (0.9, 0.999)))
-    return torch.optim.AdamW(parameters, fused=True, **params), {k: v for k, v in config.items() if k != "optimizer"}
+    return torch.optim.AdamW(parameters, fused=True, **params), {
+        k: v for k, v in config.items() if k != "optimizer"
+    }
 
 
 def _scheduler(optim: OptimConfig, total_steps: int) -> dict[str, Any]:
-    """Linear warmup from lr * min_lr_ratio to lr, then cosine / linear decay to lr * min_lr_ratio, or constant.
+    """Linear warmup from lr * min_lr_ratio to lr, then cosine / linear decay to lr * min_lr_ratio,
+    or constant.
 
     DeepSpeed needs >= 1 warmup step (and ramps over at least 2); without warmup, cosine and constant start
     at lr, while linear (WarmupDecayLR ramps from the same min lr it decays to) ramps over those 2 steps.
@@ -134,9 +138,11 @@ def _validate(config: dict[str, Any], on_gpu: bool, num_workers: int) -> None:
         raise ValueError(FP16_ON_CPU)
     micro, accumulation = config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]
     if config["train_batch_size"] != micro * accumulation * num_workers:
-        raise ValueError(f"deepspeed config: train_batch_size {config['train_batch_size']} != micro batch {micro} "
-                         f"* accumulation {accumulation} * {num_workers} workers; set global_batch_size and "
-                         "micro_batch_size instead of the raw keys in zero.extra")
+        raise ValueError(
+            f"deepspeed config: train_batch_size {config['train_batch_size']} != micro batch {micro} "
+            f"* accumulation {accumulation} * {num_workers} workers; set global_batch_size and "
+            "micro_batch_size instead of the raw keys in zero.extra"
+        )
     from deepspeed.runtime.config import DeepSpeedConfig, DeepSpeedConfigError
 
     # The parser sees a world of one (or the group DeepSpeed already joined), so let it derive the global
@@ -148,8 +154,10 @@ def _validate(config: dict[str, Any], on_gpu: bool, num_workers: int) -> None:
         raise ValueError(f"deepspeed config refused: {error}") from error
     unknown = sorted(set(config) - recorder.read - _READ_BY_INITIALIZE - {"train_batch_size"})
     if unknown:
-        raise ValueError(f"zero.extra: DeepSpeed {_deepspeed_version()} does not read top-level key(s) {unknown}; "
-                         "see https://www.deepspeed.ai/docs/config-json/")
+        raise ValueError(
+            f"zero.extra: DeepSpeed {_deepspeed_version()} does not read top-level key(s) {unknown}; "
+            "see https://www.deepspeed.ai/docs/config-json/"
+        )
 
 
 def _deepspeed_version() -> str:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from lmforge.config import TrainConfig
-from lmforge.train.batches import model_inputs, pretrain_batch, sft_batch
+from lmforge.train.batches import IGNORE_INDEX, model_inputs, pretrain_batch, sft_batch
 from lmforge.train.checkpoint import (
     TrainerState,
     read_state,
@@ -78,7 +78,7 @@ def train_loop(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             step_losses.append(loss.detach().float())
-            step_tokens += int((inputs["labels"] != -100).sum())
+            step_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
             if len(step_losses) < cfg.gradient_accumulation_steps:
                 continue
             step = engine.global_steps
@@ -120,7 +120,8 @@ def train_loop(config: dict) -> None:
 
 
 def start_engine(cfg: TrainConfig, data: TrainData, total_steps: int, context) -> tuple:
-    """The DeepSpeed engine and the run's position: fresh, or loaded from the checkpoint Ray Train hands back."""
+    """The DeepSpeed engine and the run's position: fresh,
+    or loaded from the checkpoint Ray Train hands back."""
     ds_config = deepspeed_config(cfg, on_gpu=cfg.use_gpu, total_steps=total_steps)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -147,9 +148,12 @@ def build_engine(cfg: TrainConfig, data: TrainData, ds_config: dict):
     # Under ZeRO-3 transformers builds or loads the model inside deepspeed.zero.Init, so a worker only
     # ever holds its partition: built whole, a 7B model takes 28 GB of RAM in each of a node's 8 workers.
     # transformers finds this object through a weak reference: it must outlive the engine.
-    # DeepSpeed takes over Ray Train's process group first: its config checks the batch against the world size.
+    # DeepSpeed takes over Ray Train's process group first:
+    # its config checks the batch against the world size.
     deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
-    hf_deepspeed_config = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
+    hf_deepspeed_config = (
+        HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
+    )
     model = build_model(cfg.model, data.vocab_size, cfg.seed)
     if cfg.lora.enabled:
         with torch.random.fork_rng(devices=[]):
@@ -157,7 +161,9 @@ def build_engine(cfg: TrainConfig, data: TrainData, ds_config: dict):
             model = apply_lora(model, cfg.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, ds_config = fused_adamw(ds_config, trainable)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, optimizer=optimizer, config=ds_config)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=trainable, optimizer=optimizer, config=ds_config
+    )
     engine.hf_deepspeed_config = hf_deepspeed_config
     return engine
 
@@ -173,7 +179,7 @@ def evaluate(engine, data: TrainData, cfg: TrainConfig) -> dict[str, float]:
             batch_size=cfg.micro_batch_size, batch_format="numpy"
         ):
             inputs = _to_inputs(batch, data, engine.module.config.model_type)
-            tokens = (inputs["labels"][:, 1:] != -100).sum()
+            tokens = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
             total_loss += engine(**inputs).loss.float() * tokens
             total_tokens += tokens
     engine.train()

@@ -36,7 +36,8 @@ class MetricsLog:
         print(self.progress_line(step, metrics), flush=True)  # the driver's console and the job's log
 
     def progress_line(self, step: int, metrics: dict[str, float]) -> str:
-        """`step 12/20 loss 3.2104 eval_loss 3.4 tokens/s 5120 eta 0:01:20`: ETA from the pace since the first line."""
+        """`step 12/20 loss 3.2104 eval_loss 3.4 tokens/s 5120 eta 0:01:20`:
+        ETA from the pace since the first line."""
         now = time.monotonic()
         if self._first is None:
             self._first = (now, step)
@@ -68,7 +69,7 @@ def plot_loss(metrics_file: Path, png: Path) -> None:
     for name in ("loss", "eval_loss"):
         points = [(r["step"], r[name]) for r in rows if name in r]
         if points:
-            axis.plot(*zip(*points), label=name, marker="o" if name == "eval_loss" else None)
+            axis.plot(*zip(*points, strict=True), label=name, marker="o" if name == "eval_loss" else None)
     axis.set_xlabel("step")
     axis.set_ylabel("loss")
     axis.legend()
@@ -78,6 +79,8 @@ def plot_loss(metrics_file: Path, png: Path) -> None:
     plt.close(figure)
 
 
-def model_flops_utilisation(tokens_per_s: float, flops_per_token: float, peak_flops: float | None) -> float | None:
+def model_flops_utilisation(
+    tokens_per_s: float, flops_per_token: float, peak_flops: float | None
+) -> float | None:
     """Achieved model FLOP/s over the hardware peak (None when the peak is not known)."""
     return tokens_per_s * flops_per_token / peak_flops if peak_flops else None

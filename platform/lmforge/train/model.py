@@ -26,12 +26,15 @@ _CONFIG_CLASSES = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen
 
 def model_config(cfg: ModelConfig, vocab_size: int) -> transformers.PretrainedConfig:
     """The config `build_model` uses: `cfg.path`'s config with `cfg.config` overrides (its own vocab_size:
-    build_model resizes), or `cfg.architecture`'s config class from `cfg.config` with vocab_size >= the tokenizer's."""
+    build_model resizes), or `cfg.architecture`'s config class from `cfg.config` with vocab_size >= the
+    tokenizer's."""
     if cfg.path is None:
         return _CONFIG_CLASSES[cfg.architecture](**{
             **cfg.config, "vocab_size": max(vocab_size, cfg.config.get("vocab_size", 0))})
     if not Path(cfg.path).is_dir():
-        raise FileNotFoundError(f"model.path {cfg.path}: no such directory (give a local Hugging Face model dir)")
+        raise FileNotFoundError(
+            f"model.path {cfg.path}: no such directory (give a local Hugging Face model dir)"
+        )
     config = transformers.AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
     _override(config, cfg.config)
     return config
