@@ -14,6 +14,7 @@ an explicit weights_only=False) and allow only the two DeepSpeed classes its opt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -89,6 +90,7 @@ def _newest_checkpoint(run_dir: Path) -> Path:
     return max(candidates, key=lambda d: (read_state(d).step, d.name))
 
 
+@contextlib.contextmanager
 def deepspeed_weights_only():
     """Make DeepSpeed's `torch.load(weights_only=False)` calls safe: tensors plus DeepSpeed's two plain classes."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
