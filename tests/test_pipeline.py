@@ -39,7 +39,7 @@ def write_workspace(root: Path, shared_data: Path) -> Path:
         f"sources:\n  - path: {raw / 'medical_sft_1K_format.jsonl'}\n")
     (root / "pipeline.yaml").write_text("stages:\n" + "".join(
         f"  - {{stage: {stage}, config: {root / name}.yaml}}\n"
-        for stage, name in zip(STAGES, ("tokenizer", "pretrain_data", "sft_data"))))
+        for stage, name in zip(STAGES, ("tokenizer", "pretrain_data", "sft_data"), strict=True)))
     return root
 
 

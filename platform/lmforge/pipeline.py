@@ -155,7 +155,7 @@ def summary_table(runs: list[StageRun]) -> str:
               run.output) for run in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["", "lmforge pipeline summary:"]
-    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3]
               for row in rows]
     return "\n".join(lines)
 

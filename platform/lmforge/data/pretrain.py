@@ -119,7 +119,8 @@ def pack_documents(mixed: ray.data.Dataset, block_size: int, workers: int) -> Pa
     """Blocks of `block_size` tokens cut from all documents in `group`, `key` order."""
     sums = mixed.groupby("group").sum("n_tokens").to_pandas().sort_values("group")
     starts = np.concatenate([[0], np.cumsum(sums["sum(n_tokens)"].to_numpy())[:-1]])
-    group_offsets = dict(zip(sums["group"].tolist(), starts.tolist()))
+    # not strict: with no groups at all `starts` is still [0]; the total check below reports that case
+    group_offsets = dict(zip(sums["group"].tolist(), starts.tolist(), strict=False))
     total = int(sums["sum(n_tokens)"].sum()) if len(sums) else 0
     if total < block_size:
         raise ValueError(f"prepare-pretrain: only {total} tokens after cleaning and dedup, fewer than "

@@ -122,7 +122,7 @@ class SourceRecords:
         manifest = Manifest(
             stage=stage,
             config=self.cfg.model_dump(),
-            inputs=[input_record(f, s) for f, s in zip(self.files, self.surveys)],
+            inputs=[input_record(f, s) for f, s in zip(self.files, self.surveys, strict=True)],
             outputs=outputs(dir=str(Path(self.cfg.output_dir).resolve()), **fields,
                             tokenizer=tokenizer_identity(self.cfg.tokenizer), quarantine=QUARANTINE,
                             dedup_clusters=DEDUP_CLUSTERS).model_dump(by_alias=True),

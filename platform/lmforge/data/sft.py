@@ -108,9 +108,9 @@ def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[Sourc
     ConfigError (naming the source, file, line and field) when no schema fits or the configured one does not.
     """
     check = ray.remote(num_cpus=1)(_file_record_format)
-    pending = {i: check.remote(f, s) for i, (f, s) in enumerate(zip(files, surveys)) if not isinstance(s, str)}
+    pending = {i: check.remote(f, s) for i, (f, s) in enumerate(zip(files, surveys, strict=True)) if not isinstance(s, str)}
     # Failures come back as values: a raised error would reach the user as a Ray task traceback.
-    found = dict(zip(pending, ray.get(list(pending.values()))))
+    found = dict(zip(pending, ray.get(list(pending.values())), strict=True))
     errors = [error for _, error in found.values() if error]
     if errors:
         raise ConfigError("\n".join(errors))

@@ -84,7 +84,7 @@ def survey_source_file(file: SourceFile, chunk_bytes: int) -> FileSurvey | str:
 
 def plan_chunks(files: list[SourceFile], surveys: list[FileSurvey | str]) -> list[PlannedChunk]:
     chunks = []
-    for file, survey in zip(files, surveys):
+    for file, survey in zip(files, surveys, strict=True):
         if isinstance(survey, str):
             continue
         for chunk in survey.chunks:
@@ -161,7 +161,7 @@ class LocalSources:
 
     def inputs(self) -> list[dict]:
         """The manifest's `inputs`: one input_record per file."""
-        return [input_record(f, s) for f, s in zip(self.files, self.surveys)]
+        return [input_record(f, s) for f, s in zip(self.files, self.surveys, strict=True)]
 
     def unreadable(self) -> list[str]:
         return [s for s in self.surveys if isinstance(s, str)]

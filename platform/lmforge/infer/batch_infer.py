@@ -93,7 +93,7 @@ def run_batch_infer(cfg: BatchInferConfig) -> Manifest:
         config=cfg.model_dump(),
         inputs=[{"source": f.source.name, "path": str(Path(f.path).resolve())}
                 | ({"error": s} if isinstance(s, str) else {"size": s.size, "sha256": s.sha256})
-                for f, s in zip(files, surveys)] + [{"model_dir": str(Path(cfg.model_dir).resolve())}],
+                for f, s in zip(files, surveys, strict=True)] + [{"model_dir": str(Path(cfg.model_dir).resolve())}],
         outputs=BatchAnswers(
             dir=str(out.resolve()), data="data/", format=cfg.output_format, run=run, columns=list(ANSWER_COLUMNS),
             errors="errors.jsonl", quarantine="quarantine.jsonl", seconds=round(seconds, 2),
@@ -210,7 +210,8 @@ def _request_columns(batch: pa.Table, max_tokens: int) -> pa.Table:
 def _too_long(batch: pa.Table, max_len: int) -> pa.Table:
     """Failed results for prompts that leave no room for an answer in max_len tokens."""
     rows = [too_long_result(i, t, max_len) for i, t in zip(batch.column("id").to_pylist(),
-                                                           batch.column("prompt_tokens").to_pylist())]
+                                                           batch.column("prompt_tokens").to_pylist(),
+                                                           strict=True)]
     table = pa.Table.from_pylist(rows)
     for name in ("source", "line", "reference"):
         table = table.append_column(name, batch.column(name))

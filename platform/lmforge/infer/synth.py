@@ -97,7 +97,7 @@ def run_synth(cfg: SynthConfig) -> Manifest:
 def read_items(cfg: SynthConfig, files: list, counts: Counter, quarantine: list[dict]) -> Iterator[dict]:
     """Items of the recipe, in input order: {id, passage | question (+ answer), provenance}."""
     surveys = [survey_source_file(f, 64 * 1024**2) for f in files]
-    for file, survey in zip(files, surveys):
+    for file, survey in zip(files, surveys, strict=True):
         if isinstance(survey, str):
             counts["read"] += 1
             counts["quarantined_on_read"] += 1
