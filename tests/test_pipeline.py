@@ -44,7 +44,11 @@ def write_workspace(root: Path, shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(ray_local, tmp_path_factory, shared_data) -> tuple[Path, Path, dict[str, str]]:
+def finished(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    tmp_path_factory,
+    shared_data,
+) -> tuple[Path, Path, dict[str, str]]:
     """The pipeline run once in a workspace; a copy of that state (mtimes kept); the first run's statuses."""
     root = tmp_path_factory.mktemp("pipeline")
     work = write_workspace(root / "work", shared_data)

@@ -69,16 +69,19 @@ def _resolve(files: dict[str, Path], formats: dict[str, str]) -> list[str]:
     return [f.source.record_format for f in resolved]
 
 
-def test_record_format_set_on_every_format_fits_its_file(ray_local, files_of_every_format):
+@pytest.mark.usefixtures("ray_local")
+def test_record_format_set_on_every_format_fits_its_file(files_of_every_format):
     assert _resolve(files_of_every_format, {name: name for name in files_of_every_format}) == list(files_of_every_format)
 
 
-def test_auto_detects_every_format(ray_local, files_of_every_format):
+@pytest.mark.usefixtures("ray_local")
+def test_auto_detects_every_format(files_of_every_format):
     assert _resolve(files_of_every_format, dict.fromkeys(files_of_every_format, "auto")) == list(files_of_every_format)
 
 
 @pytest.mark.parametrize("forced", sorted(set(RECORDS) | {"medical_csv"}))
-def test_record_format_that_does_not_fit_names_the_file_line_and_field(ray_local, files_of_every_format, forced):
+@pytest.mark.usefixtures("ray_local")
+def test_record_format_that_does_not_fit_names_the_file_line_and_field(files_of_every_format, forced):
     other = "alpaca" if forced != "alpaca" else "sharegpt"
     with pytest.raises(ConfigError) as error:
         _resolve({other: files_of_every_format[other]}, {other: forced})
@@ -87,7 +90,8 @@ def test_record_format_that_does_not_fit_names_the_file_line_and_field(ray_local
     assert "field" in message and f"looks like {other}" in message
 
 
-def test_prepare_sft_with_record_format_set_runs(ray_local, tiny_tokenizer, files_of_every_format, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_prepare_sft_with_record_format_set_runs(tiny_tokenizer, files_of_every_format, tmp_path):
     manifest = run_prepare_sft(_sft_config(tiny_tokenizer, tmp_path / "out", [
         {"name": "a", "path": str(files_of_every_format["alpaca"]), "record_format": "alpaca"},
         {"name": "q", "path": str(files_of_every_format["qa"]), "record_format": "qa"},
@@ -96,7 +100,8 @@ def test_prepare_sft_with_record_format_set_runs(ray_local, tiny_tokenizer, file
     assert [i["record_format"] for i in manifest.inputs] == ["alpaca", "qa"]
 
 
-def test_without_weights_a_tiny_file_is_not_blown_up(ray_local, tiny_tokenizer, shared_data, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_without_weights_a_tiny_file_is_not_blown_up(tiny_tokenizer, shared_data, tmp_path):
     tiny = _jsonl(tmp_path / "tiny.jsonl", [{"instruction": f"问题{i}是什么？", "output": f"回答{i}。"} for i in range(3)])
     manifest = run_prepare_sft(_sft_config(tiny_tokenizer, tmp_path / "out", [
         {"name": "tiny", "path": str(tiny)},
@@ -108,8 +113,9 @@ def test_without_weights_a_tiny_file_is_not_blown_up(ray_local, tiny_tokenizer, 
     assert manifest.counts["warnings"] == []
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_an_output_that_would_be_empty_fails_with_the_counts_and_leaves_no_output_dir(
-    ray_local, tiny_tokenizer, tmp_path
+    tiny_tokenizer, tmp_path
 ):
     bad = _jsonl(tmp_path / "bad.jsonl", [{"conversations": _turns("只有问题")}, {"conversations": "not a list"}])
     out = tmp_path / "out"
@@ -120,7 +126,8 @@ def test_an_output_that_would_be_empty_fails_with_the_counts_and_leaves_no_outpu
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]
 
 
-def test_a_failed_rerun_keeps_the_previous_result(ray_local, tiny_tokenizer, files_of_every_format, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_a_failed_rerun_keeps_the_previous_result(tiny_tokenizer, files_of_every_format, tmp_path):
     out = tmp_path / "out"
     run_prepare_sft(_sft_config(tiny_tokenizer, out, [{"name": "a", "path": str(files_of_every_format["alpaca"])}]))
     before = sorted(p.name for p in out.iterdir())
@@ -169,7 +176,8 @@ def conversations_file(tmp_path_factory) -> Path:
     ("first_turn", 3, 0),  # lines 2, 8 (line 1's opening), 4, 5 (line 3's) and 7 (line 6's): the old recipe's loss
     ("conversation", 6, 2),  # only the prefixes
 ])
-def test_dedup_key_decides_what_counts_as_the_same_sample(ray_local, tiny_tokenizer, conversations_file, tmp_path,
+@pytest.mark.usefixtures("ray_local")
+def test_dedup_key_decides_what_counts_as_the_same_sample(tiny_tokenizer, conversations_file, tmp_path,
                                                           key, kept, prefixes):
     manifest = run_prepare_sft(_sft_config(tiny_tokenizer, tmp_path / "out", [{"name": "d", "path": str(conversations_file)}],
                                            max_length=512, dedup={"key": key}))
@@ -250,7 +258,8 @@ def sft_shapes(tmp_path_factory) -> dict[str, Path]:
     return {path.stem: path for path in root.iterdir()}
 
 
-def test_prepare_sft_reads_every_shape_users_have(ray_local, tiny_tokenizer, sft_shapes, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_prepare_sft_reads_every_shape_users_have(tiny_tokenizer, sft_shapes, tmp_path):
     sources = [{"name": name, "path": str(path)} for name, path in sft_shapes.items()]
     sources[[s["name"] for s in sources].index("one_line")]["weight"] = 0.1  # sampled below 1x
     for source in sources:
@@ -266,8 +275,9 @@ def test_prepare_sft_reads_every_shape_users_have(ray_local, tiny_tokenizer, sft
     assert inputs["qa_lines"]["record_format"] == "qa" and inputs["chatglm2"]["record_format"] == "chatglm2"
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_prepare_pretrain_keeps_a_question_with_its_answer_and_reads_json_lines_in_txt(
-    ray_local, tiny_tokenizer, tmp_path
+    tiny_tokenizer, tmp_path
 ):
     from lmforge.config import PretrainDataConfig
     from lmforge.data.pretrain import run_prepare_pretrain

@@ -56,7 +56,7 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
         mixed = mix_documents(tokenized, factors, cfg.seed, len(records.chunks))
         counts = records.counts(kept_stats, factors, per_source_totals(mixed))
         records.check_output_not_empty("prepare-pretrain", counts)
-        packed = pack_documents(mixed, cfg.pack.block_size, cfg.workers)
+        packed = pack_documents(mixed, cfg.pack.block_size)
         shards = write_shards(packed.blocks, out, cfg.pack.blocks_per_shard)
 
         plots = write_data_plots(out, length_histogram(tokenized), counts["sources"], "document length")
@@ -115,7 +115,7 @@ class PackedBlocks:
         self.blocks, self.num_blocks, self.remainder = blocks, num_blocks, remainder
 
 
-def pack_documents(mixed: ray.data.Dataset, block_size: int, workers: int) -> PackedBlocks:
+def pack_documents(mixed: ray.data.Dataset, block_size: int) -> PackedBlocks:
     """Blocks of `block_size` tokens cut from all documents in `group`, `key` order."""
     sums = mixed.groupby("group").sum("n_tokens").to_pandas().sort_values("group")
     starts = np.concatenate([[0], np.cumsum(sums["sum(n_tokens)"].to_numpy())[:-1]])
