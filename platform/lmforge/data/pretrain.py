@@ -85,7 +85,8 @@ def read_clean_records(planned: PlannedChunk, clean: CleanConfig) -> Iterator[di
 def tokenize_documents(
     kept: ray.data.Dataset, removed: np.ndarray, tokenizer: TokenizerSpec, cfg: PretrainDataConfig
 ) -> ray.data.Dataset:
-    """Documents that survived dedup, as token ids ending in EOS (columns key, chunk, source, input_ids, n_tokens)."""
+    """Documents that survived dedup, as token ids ending in EOS
+    (columns key, chunk, source, input_ids, n_tokens)."""
     survivors = kept.select_columns(["key", "chunk", "source", "text"]).map_batches(
         drop_keys, batch_format="pyarrow", fn_kwargs={"removed": removed}
     )
@@ -105,7 +106,9 @@ def mix_documents(tokenized: ray.data.Dataset, factors: dict[str, float], seed: 
     of up-sampled sources, and so on.
     """
     return repeat_by_mixture(tokenized, factors, seed).map_batches(
-        lambda t: t.append_column("group", pc.add(pc.multiply(t.column("copy"), num_chunks), t.column("chunk"))),
+        lambda t: t.append_column(
+            "group", pc.add(pc.multiply(t.column("copy"), num_chunks), t.column("chunk"))
+        ),
         batch_format="pyarrow",
     )
 
@@ -126,10 +129,12 @@ def pack_documents(mixed: ray.data.Dataset, block_size: int) -> PackedBlocks:
         raise ValueError(f"prepare-pretrain: only {total} tokens after cleaning and dedup, fewer than "
                          f"block_size {block_size}; add data or lower pack.block_size")
     pieces = mixed.groupby("group").map_groups(
-        pack_group, batch_format="pyarrow", fn_kwargs={"group_offsets": group_offsets, "block_size": block_size},
+        pack_group, batch_format="pyarrow",
+        fn_kwargs={"group_offsets": group_offsets, "block_size": block_size},
     ).materialize()
     whole_blocks = pieces.filter(expr=col("whole"))
-    fragments = [Piece(r["block"], r["offset"], np.asarray(r["input_ids"], np.int32), np.asarray(r["doc_lens"], np.int32))
+    fragments = [Piece(r["block"], r["offset"], np.asarray(r["input_ids"], np.int32),
+                       np.asarray(r["doc_lens"], np.int32))
                  for r in pieces.filter(expr=~col("whole")).take_all()]
     stitched, remainder = stitch_fragments(fragments, block_size)
     blocks = whole_blocks.union(ray.data.from_arrow(pieces_to_table(stitched))) if stitched else whole_blocks
