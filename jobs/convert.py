@@ -7,7 +7,8 @@ storage) and have ~4x the fp32 model in free RAM; --entrypoint-memory makes Ray 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # the submitted code, not a stale install
+# the submitted code, not a stale install
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 from lmforge.cli import run_job
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`ray job submit --working-dir . -- python jobs/pipeline.py CONFIG [key=value ...]` (or `lmforge submit pipeline`)
+"""`ray job submit --working-dir . -- python jobs/pipeline.py CONFIG [key=value ...]`
+(or `lmforge submit pipeline`)
 
 Runs every stage of the pipeline in this one driver on the cluster the job runs on (RAY_ADDRESS), each
 skipped when its output is up to date; run directly, it starts a local Ray.
@@ -7,7 +8,8 @@ skipped when its output is up to date; run directly, it starts a local Ray.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # the submitted code, not a stale install
+# the submitted code, not a stale install
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 from lmforge.cli import run_job
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Joins the cluster the job runs on (RAY_ADDRESS), or starts a local Ray when run 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # the submitted code, not a stale install
+# the submitted code, not a stale install
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 from lmforge.cli import run_job
 
 if __name__ == "__main__":

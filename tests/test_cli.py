@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], check=False, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *args], check=False, cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_help_lists_every_setting_from_the_config_model():
@@ -19,7 +20,8 @@ def test_help_lists_every_setting_from_the_config_model():
 
 
 def test_a_config_typo_exits_2_naming_the_key():
-    result = _run("-m", "lmforge.cli", "prepare-pretrain", "configs/demo/pretrain_data.yaml", "dedup.treshold=0.7")
+    result = _run("-m", "lmforge.cli", "prepare-pretrain", "configs/demo/pretrain_data.yaml",
+                  "dedup.treshold=0.7")
     assert result.returncode == 2
     assert "dedup.treshold: unknown key (did you mean 'threshold'?)" in result.stderr
 

@@ -18,7 +18,8 @@ def test_committed_reference_is_up_to_date():
 def test_reference_lists_every_stage_and_every_setting():
     reference = render_reference()
     for name, stage in STAGES.items():
-        assert f"| `{name}` | [{stage.config.__name__}]" in reference and f"\n## {stage.config.__name__}\n" in reference
+        assert (f"| `{name}` | [{stage.config.__name__}]" in reference
+                and f"\n## {stage.config.__name__}\n" in reference)
     assert "| `zero.offload_optimizer` | `bool` | `false` |" in reference
     assert "| `model.architecture` | `\"llama\" \\| \"qwen2\" \\| \"bloom\" \\| null` | `null` |" in reference
     assert "### `sources` items: SourceConfig" in reference  # list settings document their items
@@ -27,5 +28,6 @@ def test_reference_lists_every_stage_and_every_setting():
 
 def test_nested_defaults_are_the_owners():
     # ServeConfig's ray section defaults to RayConfig(num_cpus=8), not RayConfig's own num_cpus=None
-    assert "  ray.num_cpus = 8  Logical CPUs of a local Ray (ignored when joining)." in describe_fields(ServeConfig)
+    assert ("  ray.num_cpus = 8  Logical CPUs of a local Ray (ignored when joining)."
+            in describe_fields(ServeConfig))
     assert "| `ray.num_cpus` | `int \\| null` | `8` |" in render_reference().split("## ServeConfig")[1]

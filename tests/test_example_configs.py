@@ -28,7 +28,9 @@ STAGE_OF_PREFIX = {
 def stage_of(path: Path) -> str:
     matches = [prefix for prefix in STAGE_OF_PREFIX if path.stem.startswith(prefix)]
     if not matches:
-        pytest.fail(f"{path.relative_to(REPO)}: no stage for this file name; add its prefix to STAGE_OF_PREFIX")
+        pytest.fail(
+            f"{path.relative_to(REPO)}: no stage for this file name; add its prefix to STAGE_OF_PREFIX"
+        )
     return STAGE_OF_PREFIX[max(matches, key=len)]
 
 
@@ -41,7 +43,9 @@ def test_example_config_validates_with_its_stage_model(path):
     load_config(STAGES[stage_of(path)].config, path)
 
 
-@pytest.mark.parametrize("name", ["pretrain_bloom_7b", "pretrain_qwen_7b", "pretrain_llama_7b", "sft_4096", "sft_lora"])
+@pytest.mark.parametrize(
+    "name", ["pretrain_bloom_7b", "pretrain_qwen_7b", "pretrain_llama_7b", "sft_4096", "sft_lora"]
+)
 def test_cluster_training_configs_step_on_half_a_million_tokens_over_8_gpus(name):
     # pretraining 256 blocks x 2048 tokens, SFT 128 rows x 4096: the budgets their comments explain
     cfg = load_config(STAGES["pretrain"].config, REPO / "configs" / "cluster" / f"{name}.yaml")

@@ -47,10 +47,6 @@ def test_a_module_that_breaks_a_layer_is_reported_under_its_contract(
     assert shown in result.stdout
 
 
-# Fails today: config/reference.py, pipeline.py and submit.py import lmforge.cli inside functions (the
-# stage list); the stage registry (lmforge/stages.py) removes those imports. Drop the mark then.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="lmforge.cli is imported by config/reference.py, pipeline.py, submit.py")
 def test_the_package_keeps_every_import_contract():
     result = _lint_imports(REPO)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,5 @@
-"""`lmforge pipeline`: train-tokenizer -> prepare-pretrain -> prepare-sft on small copies of the shared samples.
+"""`lmforge pipeline`: train-tokenizer -> prepare-pretrain -> prepare-sft
+on small copies of the shared samples.
 
 The tokenizer is read by both data stages; prepare-sft does not read prepare-pretrain's output, so a change
 that reaches only prepare-pretrain leaves prepare-sft skipped.
@@ -21,7 +22,8 @@ STAGES = ("train-tokenizer", "prepare-pretrain", "prepare-sft")
 
 
 def write_workspace(root: Path, shared_data: Path) -> Path:
-    """Raw files (the first lines of three samples), the three stage configs and pipeline.yaml under `root`."""
+    """Raw files (the first lines of three samples), the three stage configs
+    and pipeline.yaml under `root`."""
     raw = root / "raw"
     raw.mkdir(parents=True)
     for source, lines in (("pretrain/fever.txt", 150), ("pretrain/c4_demo.jsonl", 40),
@@ -33,18 +35,23 @@ def write_workspace(root: Path, shared_data: Path) -> Path:
         f"output_dir: {out / 'tokenizer'}\nvocab_size: 500\nsources:\n  - path: {raw / 'fever.txt'}\n")
     (root / "pretrain_data.yaml").write_text(
         f"tokenizer: {out / 'tokenizer'}\noutput_dir: {out / 'pretrain_data'}\nworkers: 1\n"
-        f"pack: {{block_size: 128}}\nsources:\n  - path: {raw / 'fever.txt'}\n  - path: {raw / 'c4_demo.jsonl'}\n")
+        f"pack: {{block_size: 128}}\nsources:\n  - path: {raw / 'fever.txt'}\n"
+        f"  - path: {raw / 'c4_demo.jsonl'}\n")
     (root / "sft_data.yaml").write_text(
         f"tokenizer: {out / 'tokenizer'}\noutput_dir: {out / 'sft_data'}\nworkers: 1\nmax_length: 256\n"
         f"sources:\n  - path: {raw / 'medical_sft_1K_format.jsonl'}\n")
     (root / "pipeline.yaml").write_text("stages:\n" + "".join(
         f"  - {{stage: {stage}, config: {root / name}.yaml}}\n"
-        for stage, name in zip(STAGES, ("tokenizer", "pretrain_data", "sft_data"))))
+        for stage, name in zip(STAGES, ("tokenizer", "pretrain_data", "sft_data"), strict=True)))
     return root
 
 
 @pytest.fixture(scope="module")
-def finished(ray_local, tmp_path_factory, shared_data) -> tuple[Path, Path, dict[str, str]]:
+def finished(
+    ray_local,  # noqa: ARG001 - starts Ray first
+    tmp_path_factory,
+    shared_data,
+) -> tuple[Path, Path, dict[str, str]]:
     """The pipeline run once in a workspace; a copy of that state (mtimes kept); the first run's statuses."""
     root = tmp_path_factory.mktemp("pipeline")
     work = write_workspace(root / "work", shared_data)
@@ -88,9 +95,12 @@ def test_a_changed_setting_leaves_stages_that_do_not_read_its_output_skipped(wor
 
 
 def test_a_changed_raw_file_reruns_from_the_first_stage_that_reads_it(workspace):
-    with (workspace / "raw" / "c4_demo.jsonl").open("a", encoding="utf-8") as f:  # read by prepare-pretrain only
-        f.write(json.dumps({"text": "One more web page about the harbour ferry timetable, in English."}) + "\n")
-    assert run(workspace) == {"train-tokenizer": "skipped", "prepare-pretrain": "ran", "prepare-sft": "skipped"}
+    # read by prepare-pretrain only
+    with (workspace / "raw" / "c4_demo.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "One more web page about the harbour ferry timetable, in English."})
+                + "\n")
+    assert run(workspace) == {
+        "train-tokenizer": "skipped", "prepare-pretrain": "ran", "prepare-sft": "skipped"}
 
 
 def test_a_typo_in_a_later_stage_fails_before_the_first_stage_runs(tmp_path, shared_data):
@@ -100,7 +110,8 @@ def test_a_typo_in_a_later_stage_fails_before_the_first_stage_runs(tmp_path, sha
     assert not (workspace / "out").exists()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("pipeline*.yaml")), ids=lambda path: path.name)
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("pipeline*.yaml")),
+                         ids=lambda path: path.name)
 def test_example_pipeline_resolves_every_stage_config(path, monkeypatch):
     monkeypatch.chdir(REPO)  # stage config paths are relative to the working directory, the repo root
     steps = resolve_stages(load_config(PipelineConfig, path))

@@ -35,7 +35,8 @@ def test_the_cli_offers_exactly_the_registered_stages():
 def test_training_output_lives_in_its_run_dir_and_a_service_leaves_none(tmp_path):
     train = TrainConfig.model_validate({"run_name": "r", "storage_path": str(tmp_path), "data": {"dir": "d"},
                                         "model": {"architecture": "llama"}})
-    assert STAGES["pretrain"].output_dir(train) == (tmp_path / "r").resolve() and STAGES["pretrain"].rerun == "resumes"
+    assert (STAGES["pretrain"].output_dir(train) == (tmp_path / "r").resolve()
+            and STAGES["pretrain"].rerun == "resumes")
     assert STAGES["serve"].output_dir(ServeConfig(model_dir="m")) is None
 
 
@@ -49,10 +50,11 @@ def test_training_reads_the_sequence_length_its_data_was_cut_to(tmp_path):
     blocks = {**PREPARED, "block_size": 2048, "blocks": 4, "tokens": 8192, "dropped_remainder_tokens": 7}
     prepared = read_prepared_data(_write_manifest(tmp_path / "blocks", "prepare-pretrain", blocks))
     assert isinstance(prepared, TokenBlocks) and prepared.sequence_length == 2048
-    assert prepared.tokenizer.vocab_size == 500 and prepared.model_dump(by_alias=True)["tokenizer"] == TOKENIZER
-    rows = {**PREPARED, "max_length": 4096, "pack_mode": "packed", "template": "classic", "chat_template": "t",
-            "eos_token_id": 2, "dedup_key": "prompt", "rows": 1, "samples": 2, "tokens": 10, "trained_tokens": 5,
-            "utilisation": 0.5, "trained_token_share": 0.5}
+    assert (prepared.tokenizer.vocab_size == 500
+            and prepared.model_dump(by_alias=True)["tokenizer"] == TOKENIZER)
+    rows = {**PREPARED, "max_length": 4096, "pack_mode": "packed", "template": "classic",
+            "chat_template": "t", "eos_token_id": 2, "dedup_key": "prompt", "rows": 1, "samples": 2,
+            "tokens": 10, "trained_tokens": 5, "utilisation": 0.5, "trained_token_share": 0.5}
     prepared = read_prepared_data(_write_manifest(tmp_path / "rows", "prepare-sft", rows))
     assert isinstance(prepared, SFTRows) and prepared.sequence_length == 4096
 

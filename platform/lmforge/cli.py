@@ -32,10 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_generate(stages) -> None:
     """`lmforge generate MODEL_DIR QUESTION`: no config file, so plain arguments."""
-    sub = stages.add_parser("generate", help="Ask a converted model one question (streamed with --engine hf).",
-                            description="Answer QUESTION with the model in MODEL_DIR, using its chat template; "
-                            "greedy, stops at the model's EOS. --engine hf streams tokens as they are produced; "
-                            "--engine vllm (vLLM on CPU) prints the whole answer when it is done.")
+    sub = stages.add_parser(
+        "generate", help="Ask a converted model one question (streamed with --engine hf).",
+        description="Answer QUESTION with the model in MODEL_DIR, using its chat template; greedy, stops at "
+        "the model's EOS. --engine hf streams tokens as they are produced; --engine vllm (vLLM on CPU) "
+        "prints the whole answer when it is done.",
+    )
     sub.add_argument("model_dir", help="output_dir of lmforge convert")
     sub.add_argument("question")
     sub.add_argument("--engine", choices=["hf", "vllm"], default="hf")
@@ -45,41 +47,50 @@ def _add_generate(stages) -> None:
 def _add_config_arguments(sub, config_help: str, override_example: str) -> None:
     """CONFIG [key=value ...], as every config-taking command reads them (load_config)."""
     sub.add_argument("config", help=config_help)
-    sub.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {override_example}")
+    sub.add_argument("overrides", nargs="*", metavar="key=value",
+                     help=f"dotted overrides, e.g. {override_example}")
 
 
 def _add_plan(stages) -> None:
     """`lmforge plan CONFIG [key=value ...]`: a pretrain/sft config, checked for memory instead of run."""
-    sub = stages.add_parser("plan", help="GPU and CPU memory per worker of a pretrain/sft config, and whether it fits.",
-                            description="Estimate per-worker GPU memory and CPU RAM of a pretrain/sft config under "
-                            "ZeRO-3 with and without offload (formulas: lmforge/train/plan.py), against "
-                            "plan.gpu_memory_gib / plan.cpu_memory_gib. Exit 0: it fits; 1: it does not; 2: it cannot be "
-                            "planned.")
+    sub = stages.add_parser(
+        "plan", help="GPU and CPU memory per worker of a pretrain/sft config, and whether it fits.",
+        description="Estimate per-worker GPU memory and CPU RAM of a pretrain/sft config under ZeRO-3 with "
+        "and without offload (formulas: lmforge/train/plan.py), against plan.gpu_memory_gib / "
+        "plan.cpu_memory_gib. Exit 0: it fits; 1: it does not; 2: it cannot be planned.",
+    )
     _add_config_arguments(sub, "YAML config of lmforge pretrain or sft", "micro_batch_size=2")
 
 
 def _add_submit(stages) -> None:
     """`lmforge submit STAGE CONFIG [key=value ...]`: the stage as a Ray job (lmforge/submit.py)."""
-    sub = stages.add_parser("submit", help="Run a stage or a pipeline as a Ray job, named and tagged for the dashboard.",
-                            description="Submit `python jobs/<STAGE>.py` with the resolved config (uploaded with this "
-                            "checkout as the job's working dir) to the Ray cluster at --address (default: "
-                            "RAY_ADDRESS), with metadata stage, config_sha256, config_path, run_name/output_dir; "
-                            "then print its logs until it ends. Exit 0 only when the job SUCCEEDED.")
+    sub = stages.add_parser(
+        "submit", help="Run a stage or a pipeline as a Ray job, named and tagged for the dashboard.",
+        description="Submit `python jobs/<STAGE>.py` with the resolved config (uploaded with this checkout "
+        "as the job's working dir) to the Ray cluster at --address (default: RAY_ADDRESS), with metadata "
+        "stage, config_sha256, config_path, run_name/output_dir; then print its logs until it ends. "
+        "Exit 0 only when the job SUCCEEDED.",
+    )
     sub.add_argument("job_stage", choices=list(STAGES), metavar="STAGE", help=", ".join(STAGES))
-    _add_config_arguments(sub, "YAML config of the stage (anywhere: the resolved config is uploaded)", "max_steps=100")
-    sub.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
+    _add_config_arguments(sub, "YAML config of the stage (anywhere: the resolved config is uploaded)",
+                          "max_steps=100")
+    sub.add_argument("--address",
+                     help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
     sub.add_argument("--no-wait", action="store_true", help="return once submitted; do not follow the logs")
     sub.add_argument("--entrypoint-num-cpus", type=float, default=0,
-                     help="CPUs reserved for the job's driver (default 0: drivers may run on a head with CPU 0)")
-    sub.add_argument("--entrypoint-memory", type=int, help="bytes of RAM reserved for the driver (convert: ~4x model)")
+                     help="CPUs reserved for the job's driver "
+                     "(default 0: drivers may run on a head with CPU 0)")
+    sub.add_argument("--entrypoint-memory", type=int,
+                     help="bytes of RAM reserved for the driver (convert: ~4x model)")
 
 
 def _run_submit(args) -> int:
     from lmforge.submit import submit
 
     try:
-        return submit(args.job_stage, args.config, args.overrides, address=args.address, wait=not args.no_wait,
-                      entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_memory=args.entrypoint_memory)
+        return submit(args.job_stage, args.config, args.overrides, address=args.address,
+                      wait=not args.no_wait, entrypoint_num_cpus=args.entrypoint_num_cpus,
+                      entrypoint_memory=args.entrypoint_memory)
     except ConfigError as exc:
         print(f"lmforge submit: {exc}", file=sys.stderr)
         return 2
@@ -137,13 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in manifest.outputs.items():
         if isinstance(value, (str, int, float)):
             text = str(value)
-            print(f"  {key}: {text if len(text) <= 160 else text[:100] + ' ... (manifest.json has it whole)'}")
+            print(f"  {key}: "
+                  f"{text if len(text) <= 160 else text[:100] + ' ... (manifest.json has it whole)'}")
     print(f"  counts: {json.dumps(manifest.counts.get('total', manifest.counts), ensure_ascii=False)}")
     return 0
 
 
 def user_error_message(exc: BaseException) -> str | None:
-    """The message of a bad input or config, unwrapped from Ray's task errors; None for anything else (a bug)."""
+    """The message of a bad input or config, unwrapped from Ray's task errors;
+    None for anything else (a bug)."""
     from ray.exceptions import RayError, RayTaskError
 
     while isinstance(exc, RayError):  # a task's error arrives wrapped, its traceback in the message

@@ -38,8 +38,8 @@ def config_sha256(config: dict) -> str:
 
 
 def fingerprint(stage: str, cfg: BaseModel, out: Path | None) -> dict:
-    """The stage name, its config hash, its inputs' fingerprints (all but `out`, the stage's output dir), and one
-    hash over all of them."""
+    """The stage name, its config hash, its inputs' fingerprints (all but `out`, the stage's output dir),
+    and one hash over all of them."""
     config = cfg.model_dump(mode="json")
     inputs = {str(path): input_fingerprint(path) for path in sorted(input_paths(config, out))}
     combined = {"stage": stage, "config_sha256": config_sha256(config), "inputs": inputs}

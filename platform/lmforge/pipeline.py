@@ -140,13 +140,15 @@ def run_step(step: PlannedStage, position: str) -> StageRun:
 
 
 def prepare_rerun(out: Path, resumes: bool) -> None:
-    """Drop the old stamp; move a finished run aside where rerunning would resume it instead of starting over."""
+    """Drop the old stamp;
+    move a finished run aside where rerunning would resume it instead of starting over."""
     (out / FINGERPRINT_NAME).unlink(missing_ok=True)
     if resumes and (out / MANIFEST_NAME).is_file():
         # made from other inputs or settings: resuming would continue from its last checkpoint
         aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         out.rename(aside)
-        print(f"lmforge pipeline: moved the finished run {_short(out)} to {_short(aside)}; starting afresh", flush=True)
+        print(f"lmforge pipeline: moved the finished run {_short(out)} to {_short(aside)}; starting afresh",
+              flush=True)
 
 
 def summary_table(runs: list[StageRun]) -> str:
@@ -155,8 +157,8 @@ def summary_table(runs: list[StageRun]) -> str:
               run.output) for run in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["", "lmforge pipeline summary:"]
-    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
-              for row in rows]
+    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+              + "  " + row[3] for row in rows]
     return "\n".join(lines)
 
 

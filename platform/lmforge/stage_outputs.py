@@ -1,4 +1,5 @@
-"""What each stage hands the next: one model per manifest's `outputs`, written and read through the same class.
+"""What each stage hands the next: one model per manifest's `outputs`,
+written and read through the same class.
 
     TokenBlocks(...).model_dump(by_alias=True) -> manifest.json "outputs"            (prepare-pretrain)
     read_prepared_data("runs/demo/sft_data").sequence_length                           (pretrain / sft, plan)
@@ -64,7 +65,8 @@ class TokenBlocks(PreparedData):
 
 
 class SFTRows(PreparedData):
-    """prepare-sft: packed rows of at most max_length tokens, with the chat template and EOS they were rendered with."""
+    """prepare-sft: packed rows of at most max_length tokens,
+    with the chat template and EOS they were rendered with."""
 
     max_length: int
     pack_mode: str
@@ -142,11 +144,14 @@ class EvalReport(StrictModel):
     tasks: Any
 
 
-PREPARED_DATA: dict[str, type[TokenBlocks | SFTRows]] = {"prepare-pretrain": TokenBlocks, "prepare-sft": SFTRows}
+PREPARED_DATA: dict[str, type[TokenBlocks | SFTRows]] = {
+    "prepare-pretrain": TokenBlocks, "prepare-sft": SFTRows
+}
 
 
 def read_prepared_data(directory: str | Path) -> TokenBlocks | SFTRows:
-    """The outputs of the prepare-pretrain or prepare-sft run in `directory`; ValueError says what to rerun."""
+    """The outputs of the prepare-pretrain or prepare-sft run in `directory`;
+    ValueError says what to rerun."""
     manifest = Manifest.read(directory)
     model = PREPARED_DATA.get(manifest.stage)
     if model is None:
@@ -155,12 +160,13 @@ def read_prepared_data(directory: str | Path) -> TokenBlocks | SFTRows:
 
 
 def outputs_of(manifest: Manifest, model: type[Outputs], directory: str | Path) -> Outputs:
-    """`manifest.outputs` as `model`; a manifest of an older layout is a ValueError naming the stage to rerun."""
+    """`manifest.outputs` as `model`;
+    a manifest of an older layout is a ValueError naming the stage to rerun."""
     try:
         return model.model_validate(manifest.outputs)
     except ValidationError as error:
         fields = sorted({".".join(str(part) for part in e["loc"]) for e in error.errors()})
         raise ValueError(
-            f"{Path(directory) / MANIFEST_NAME}: written by an lmforge whose {manifest.stage} outputs differ from "
-            f"this one's ({', '.join(fields[:5])}); rerun `lmforge {manifest.stage}` to rewrite it"
+            f"{Path(directory) / MANIFEST_NAME}: written by an lmforge whose {manifest.stage} outputs differ "
+            f"from this one's ({', '.join(fields[:5])}); rerun `lmforge {manifest.stage}` to rewrite it"
         ) from None

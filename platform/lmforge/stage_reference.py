@@ -91,7 +91,8 @@ def _default(default: Any) -> str:
 
 def _docstring(model: type[BaseModel]) -> str:
     doc = model.__doc__ or ""
-    return "" if doc.startswith(f"{model.__name__}(") else " ".join(doc.split())  # pydantic's generated doc: none
+    # pydantic's generated doc: none
+    return "" if doc.startswith(f"{model.__name__}(") else " ".join(doc.split())
 
 
 def _code(text: str) -> str:

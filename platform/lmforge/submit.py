@@ -1,7 +1,9 @@
-"""`lmforge submit STAGE CONFIG [key=value ...]`: run a stage (or a pipeline) as a Ray job, named for the dashboard.
+"""`lmforge submit STAGE CONFIG [key=value ...]`: run a stage (or a pipeline) as a Ray job,
+named for the dashboard.
 
     resolve the config (file + overrides + ${VAR}) and hash it
-      -> write it into this checkout's .lmforge-submit/ (uploaded with the code, so a config from anywhere works)
+      -> write it into this checkout's .lmforge-submit/
+           (uploaded with the code, so a config from anywhere works)
       -> JobSubmissionClient.submit_job("python jobs/<stage>.py .lmforge-submit/<id>.yaml",
            working_dir = this checkout without .venv, runs/, bench/work, .git, caches,
            submission id lmforge-<stage>-<config sha8>-<time>, metadata: job_name, stage, config_sha256, ...)
@@ -32,14 +34,16 @@ from lmforge.stages import STAGES
 
 # resolved configs ride along with the working dir; not in .gitignore, which Ray's upload skips
 UPLOAD_DIR = ".lmforge-submit"
-# Ray also skips .git, .venv and what .gitignore lists; these stay out even with RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1.
-# The upload must stay under Ray's limit (512 MiB zipped, the gRPC message size): bench/work alone is ~0.5 GB.
+# Ray also skips .git, .venv and what .gitignore lists; these stay out even with
+# RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1. The upload must stay under Ray's limit (512 MiB zipped, the gRPC
+# message size): bench/work alone is ~0.5 GB.
 EXCLUDES = ["/.git", "/.venv", "/runs/", "/bench/work/", "__pycache__/", ".pytest_cache/", ".ruff_cache/",
             "*.egg-info/", "/build/"]
 
 
 def resolved_config(stage: str, config_path: str, overrides: list[str]) -> BaseModel:
-    """The stage's validated config; a pipeline's with every stage's config inlined (one self-contained file)."""
+    """The stage's validated config;
+    a pipeline's with every stage's config inlined (one self-contained file)."""
     cfg = load_config(STAGES[stage].config, config_path, overrides)
     if isinstance(cfg, PipelineConfig):
         from lmforge.pipeline import resolved_pipeline
@@ -65,14 +69,17 @@ def job_metadata(stage: str, cfg: BaseModel, config_path: str, overrides: list[s
         metadata["output_dir"] = str(output)
     if isinstance(cfg, PipelineConfig):
         metadata["stages"] = ",".join(step.stage for step in cfg.stages)
-    named = metadata.get("run_name") or (Path(metadata["output_dir"]).name if output else Path(config_path).stem)
+    named = metadata.get("run_name") or (
+        Path(metadata["output_dir"]).name if output else Path(config_path).stem
+    )
     metadata["job_name"] = f"lmforge {stage} {named}"
     return metadata
 
 
 def submit(stage: str, config_path: str, overrides: list[str], address: str | None = None, wait: bool = True,
            entrypoint_num_cpus: float = 0, entrypoint_memory: int | None = None) -> int:
-    """Submit `jobs/<stage>.py` with the resolved config; with `wait`, tail its logs and return 0 if it SUCCEEDED."""
+    """Submit `jobs/<stage>.py` with the resolved config;
+    with `wait`, tail its logs and return 0 if it SUCCEEDED."""
     from ray.job_submission import JobSubmissionClient
 
     script = STAGES[stage].job_file
@@ -81,7 +88,8 @@ def submit(stage: str, config_path: str, overrides: list[str], address: str | No
     cfg = resolved_config(stage, config_path, overrides)
     metadata = job_metadata(stage, cfg, config_path, overrides)
     submission_id = f"lmforge-{stage}-{metadata['config_sha256'][:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
-    client = JobSubmissionClient(address)  # before writing anything: fails fast when the cluster is unreachable
+    # before writing anything: fails fast when the cluster is unreachable
+    client = JobSubmissionClient(address)
     uploaded = REPO_DIR / UPLOAD_DIR / f"{submission_id}.yaml"
     uploaded.parent.mkdir(exist_ok=True)
     uploaded.write_text(f"# {stage} config resolved by lmforge submit from {config_path}\n"
@@ -102,8 +110,8 @@ def submit(stage: str, config_path: str, overrides: list[str], address: str | No
         uploaded.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: another submission is under way
             uploaded.parent.rmdir()
-    print(f"lmforge submit: {submission_id} ({metadata['job_name']}, config sha256 {metadata['config_sha256'][:12]})",
-          flush=True)
+    print(f"lmforge submit: {submission_id} "
+          f"({metadata['job_name']}, config sha256 {metadata['config_sha256'][:12]})", flush=True)
     if not wait:
         print(f"  follow: ray job logs -f {submission_id}    stop: ray job stop {submission_id}")
         return 0

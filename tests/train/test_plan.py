@@ -104,10 +104,11 @@ def test_sequence_length_comes_from_the_data_manifest_when_prepared(tmp_path):
     (tmp_path / "data").mkdir()
     tokenizer = {"path": "/tok", "class": "Qwen2TokenizerFast", "vocab_size": 32002, "bos_token_id": None,
                  "eos_token_id": 2, "pad_token_id": None, "tokenizer_json_sha256": None}
-    outputs = {"dir": "/d", "shards": [], "plots": [], "columns": {}, "tokenizer": tokenizer, "quarantine": "q",
-               "dedup_clusters": "c", "max_length": 4096, "pack_mode": "packed", "template": "tokenizer",
-               "chat_template": "t", "eos_token_id": 2, "dedup_key": "prompt", "rows": 1, "samples": 1, "tokens": 9,
-               "trained_tokens": 5, "utilisation": 0.5, "trained_token_share": 0.5}
+    outputs = {"dir": "/d", "shards": [], "plots": [], "columns": {}, "tokenizer": tokenizer,
+               "quarantine": "q", "dedup_clusters": "c", "max_length": 4096, "pack_mode": "packed",
+               "template": "tokenizer", "chat_template": "t", "eos_token_id": 2, "dedup_key": "prompt",
+               "rows": 1, "samples": 1, "tokens": 9, "trained_tokens": 5, "utilisation": 0.5,
+               "trained_token_share": 0.5}
     (tmp_path / "data" / "manifest.json").write_text(json.dumps({"stage": "prepare-sft", "config": {},
                                                                  "outputs": outputs}))
     assert sequence_and_vocab(cfg)[:2] == (4096, 32002)

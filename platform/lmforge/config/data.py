@@ -19,10 +19,13 @@ class FilesConfig(StrictModel):
     path: list[str] = Field(description="File paths or globs (a single string is accepted).")
     format: Literal["text", "jsonl", "json", "parquet", "csv"] | None = Field(
         None,
-        description="File format; default: from the extension, then the content (a .json that is not an array "
-        "is JSON Lines or pretty-printed objects back to back; a .txt of JSON objects a line is JSON Lines).",
+        description="File format; default: from the extension, then the content (a .json that is not an "
+        "array is JSON Lines or pretty-printed objects back to back; "
+        "a .txt of JSON objects a line is JSON Lines).",
     )
-    encoding: str | None = Field(None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030).")
+    encoding: str | None = Field(
+        None, description="Text encoding; default: detected per file (UTF-8/BOM/GB18030)."
+    )
 
     @field_validator("path", mode="before")
     @classmethod
@@ -43,8 +46,8 @@ class BaseSourceConfig(FilesConfig):
 
     weight: float | None = Field(
         None, gt=0,
-        description="Relative share of the output tokens for the weighted sources; unset: every kept document "
-        "appears once (its natural share).",
+        description="Relative share of the output tokens for the weighted sources; unset: every kept "
+        "document appears once (its natural share).",
     )
 
 
@@ -63,9 +66,9 @@ class SourceConfig(BaseSourceConfig):
 
     text_unit: Literal["auto", "line", "paragraph"] = Field(
         "auto",
-        description="Plain text: a document per line, or per blank-line-separated paragraph; auto: per file from "
-        "its first MB, paragraph when blank lines part blocks of 2-8 lines (a question and its answer) or "
-        "hard-wrapped ones, else line.",
+        description="Plain text: a document per line, or per blank-line-separated paragraph; auto: per file "
+        "from its first MB, paragraph when blank lines part blocks of 2-8 lines (a question and its answer) "
+        "or hard-wrapped ones, else line.",
     )
     template: TemplateName = Field(
         "plain",
@@ -76,7 +79,9 @@ class SourceConfig(BaseSourceConfig):
         default_factory=dict,
         description="Template slot -> record field, e.g. {question: q, answer: a}; defaults per template.",
     )
-    format_string: str | None = Field(None, description="For template=format: e.g. '{title}\\n{ask}\\n{answer}'.")
+    format_string: str | None = Field(
+        None, description="For template=format: e.g. '{title}\\n{ask}\\n{answer}'."
+    )
     roles: dict[str, str] = Field(
         default_factory=lambda: {"user": "患者", "assistant": "医生"},
         description="For template=dialogue: speaker label of each role.",
@@ -100,14 +105,20 @@ class TokenizerTrainConfig(StrictModel):
     eos_token: str = Field("</s>", description="End-of-sequence token: ends documents and assistant turns.")
     pad_token: str = Field("<pad>", description="Padding special token.")
     unk_token: str = Field("<unk>", description="Unknown-token special token.")
-    chat_template: str | None = Field(None, description="Jinja chat template; default: the classic User/Assistant one.")
-    model_max_length: int = Field(4096, ge=16, description="The tokenizer's model_max_length (saved with it).")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template; default: the classic User/Assistant one."
+    )
+    model_max_length: int = Field(
+        4096, ge=16, description="The tokenizer's model_max_length (saved with it)."
+    )
     max_documents: int | None = Field(None, ge=1, description="Learn from at most this many documents.")
 
 
 
 class ReadConfig(StrictModel):
-    chunk_mb: float = Field(64, gt=0, description="Large text/JSONL files are read in chunks of about this size.")
+    chunk_mb: float = Field(
+        64, gt=0, description="Large text/JSONL files are read in chunks of about this size."
+    )
 
 
 class CleanConfig(StrictModel):
@@ -128,22 +139,30 @@ class CleanConfig(StrictModel):
 
 
 class DedupConfig(StrictModel):
-    exact: bool = Field(True, description="Drop documents equal after normalisation (case, space, punctuation).")
+    exact: bool = Field(
+        True, description="Drop documents equal after normalisation (case, space, punctuation)."
+    )
     near: bool = Field(True, description="Drop near-duplicates found by MinHash-LSH on character n-grams.")
-    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity at which documents count as duplicates.")
+    threshold: float = Field(
+        0.8, gt=0, lt=1, description="Jaccard similarity at which documents count as duplicates."
+    )
     ngram: int = Field(5, ge=1, description="Character n-gram length (characters, so Chinese works).")
     num_perm: int = Field(128, ge=16, description="MinHash permutations.")
-    sample_clusters: int = Field(20, ge=0, description="Duplicate clusters written out for a human to inspect.")
+    sample_clusters: int = Field(
+        20, ge=0, description="Duplicate clusters written out for a human to inspect."
+    )
 
 
 class SFTDedupConfig(DedupConfig):
     key: Literal["prompt", "first_turn", "conversation"] = Field(
         "prompt",
-        description="What two samples must share to be duplicates: prompt (system + tools + every user turn), "
-        "first_turn (the first user turn only), conversation (every turn, answers too).",
+        description="What two samples must share to be duplicates: "
+        "prompt (system + tools + every user turn), first_turn (the first user turn only), "
+        "conversation (every turn, answers too).",
     )
     drop_prefixes: bool = Field(
-        True, description="Drop a conversation whose turns are the start of a longer one (cumulative history)."
+        True,
+        description="Drop a conversation whose turns are the start of a longer one (cumulative history).",
     )
 
 
@@ -170,7 +189,9 @@ class DataStageConfig(StrictModel):
     sources: list[BaseSourceConfig] = Field(description="Inputs.")
     tokenizer: str = Field(description="Local tokenizer or model directory (AutoTokenizer).")
     output_dir: str = Field(description="Where shards, manifest.json and quarantine.jsonl go.")
-    workers: int = Field(2, ge=1, description="Most Ray tasks of one step at once (reading, dedup, tokenizing).")
+    workers: int = Field(
+        2, ge=1, description="Most Ray tasks of one step at once (reading, dedup, tokenizing)."
+    )
     seed: int = Field(0, description="Seeds MinHash and mixture sampling: same seed, same output.")
     read: ReadConfig = Field(default_factory=ReadConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
@@ -202,25 +223,26 @@ class SFTSourceConfig(BaseSourceConfig):
 
     format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
         None,
-        description="File format; default: from the extension, then the content (JSON Lines or pretty-printed "
-        "objects back to back in a .json; JSON Lines in a .txt).",
+        description="File format; default: from the extension, then the content (JSON Lines or "
+        "pretty-printed objects back to back in a .json; JSON Lines in a .txt).",
     )
     record_format: SFTRecordFormat = Field(
         "auto",
-        description="Record schema: alpaca, chatglm2 (prompt, response, history), sharegpt, chatglm3, openai, "
-        "advertisegen, medical_csv, qa; auto detects it per file from the first record.",
+        description="Record schema: alpaca, chatglm2 (prompt, response, history), sharegpt, chatglm3, "
+        "openai, advertisegen, medical_csv, qa; auto detects it per file from the first record.",
     )
     fields: dict[str, str] = Field(
         default_factory=dict,
-        description="Schema field -> record field for other datasets, e.g. {instruction: prompt, output: answer}.",
+        description="Schema field -> record field for other datasets, "
+        "e.g. {instruction: prompt, output: answer}.",
     )
     system: str | None = Field(None, description="System prompt for records that carry none.")
     split_dialogue: Literal["auto", "always", "never"] = Field(
         "auto",
-        description="An alpaca instruction or chatglm2 prompt written as a dialogue with role markers (`<user>:` "
-        "`<bot>:`, `患者:` `医生:`, `Human:` `Assistant:`, `用户:` `助手:`, `User:` `Assistant:`) becomes turns. auto: "
-        "when it starts with a user marker and has an assistant marker; always: wherever both occur; never: one "
-        "user turn.",
+        description="An alpaca instruction or chatglm2 prompt written as a dialogue with role markers "
+        "(`<user>:` `<bot>:`, `患者:` `医生:`, `Human:` `Assistant:`, `用户:` `助手:`, `User:` `Assistant:`) "
+        "becomes turns. auto: when it starts with a user marker and has an assistant marker; always: "
+        "wherever both occur; never: one user turn.",
     )
 
     @property
@@ -230,7 +252,8 @@ class SFTSourceConfig(BaseSourceConfig):
 
 class SFTPackConfig(StrictModel):
     mode: Literal["packed", "padded"] = Field(
-        "packed", description="packed: several samples per row (best-fit decreasing); padded: one sample per row."
+        "packed",
+        description="packed: several samples per row (best-fit decreasing); padded: one sample per row.",
     )
     group_size: int = Field(
         20000, ge=1, description="Samples packed together on one worker; larger packs tighter."
@@ -243,9 +266,12 @@ class SFTDataConfig(DataStageConfig):
     sources: list[SFTSourceConfig] = Field(description="Input datasets.")
     template: Literal["classic", "tokenizer"] = Field(
         "classic",
-        description="classic: 'User: q</s>\\n Assistant: a</s>'; tokenizer: the tokenizer's own chat_template.",
+        description="classic: 'User: q</s>\\n Assistant: a</s>'; "
+        "tokenizer: the tokenizer's own chat_template.",
     )
-    max_length: int = Field(1024, ge=16, description="Tokens per training row; longer conversations keep whole turns.")
+    max_length: int = Field(
+        1024, ge=16, description="Tokens per training row; longer conversations keep whole turns."
+    )
     dedup: SFTDedupConfig = Field(default_factory=SFTDedupConfig)
     pack: SFTPackConfig = Field(default_factory=SFTPackConfig)
 

@@ -12,18 +12,24 @@ from lmforge.config.base import RayConfig, StrictModel
 class PipelineStageConfig(StrictModel):
     """One step of a pipeline: a stage, its config file (or the config itself) and overrides."""
 
-    stage: str = Field(description="A stage name, as in `lmforge STAGE` (train-tokenizer, pretrain, convert, ...).")
+    stage: str = Field(
+        description="A stage name, as in `lmforge STAGE` (train-tokenizer, pretrain, convert, ...)."
+    )
     config: str | dict[str, Any] = Field(
         description="The stage's YAML file (relative to the working directory, like every path in configs), "
         "or its settings inline as a mapping (`lmforge submit` sends pipelines this way)."
     )
-    overrides: list[str] = Field(default_factory=list, description="Dotted key=value overrides of this stage.")
+    overrides: list[str] = Field(
+        default_factory=list, description="Dotted key=value overrides of this stage."
+    )
 
 
 class PipelineConfig(StrictModel):
     """`lmforge pipeline`: e.g. prepare -> pretrain -> sft -> convert -> serve, as one process or one job."""
 
-    stages: list[PipelineStageConfig] = Field(description="Stages in the order they run; serve, if any, last.")
+    stages: list[PipelineStageConfig] = Field(
+        description="Stages in the order they run; serve, if any, last."
+    )
     ray: RayConfig | None = Field(
         None, description="Ray of the whole pipeline; default: the largest num_cpus / object_store_memory_mb "
         "of the stages' own `ray` settings.",

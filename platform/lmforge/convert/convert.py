@@ -88,12 +88,13 @@ def serving_tokenizer(checkpoint: ZeroCheckpoint) -> transformers.PreTrainedToke
     """The data's tokenizer with the chat template the SFT rows were rendered with (pretrain: its own)."""
     data = checkpoint.data
     if not Path(data.tokenizer_dir).is_dir():
-        raise FileNotFoundError(f"tokenizer {data.tokenizer_dir} (from the run's data) is gone; restore it, since "
-                                "the converted model must ship the tokenizer it was trained with")
+        raise FileNotFoundError(f"tokenizer {data.tokenizer_dir} (from the run's data) is gone; restore it, "
+                                "since the converted model must ship the tokenizer it was trained with")
     tokenizer = transformers.AutoTokenizer.from_pretrained(data.tokenizer_dir)
     if tokenizer.eos_token_id != data.eos_token_id:
-        raise ValueError(f"tokenizer {data.tokenizer_dir}: eos_token_id {tokenizer.eos_token_id} differs from the "
-                         f"{data.eos_token_id} the training data used; it changed after the data was prepared")
+        raise ValueError(f"tokenizer {data.tokenizer_dir}: eos_token_id {tokenizer.eos_token_id} differs "
+                         f"from the {data.eos_token_id} the training data used; "
+                         f"it changed after the data was prepared")
     if data.chat_template:
         tokenizer.chat_template = data.chat_template
     return tokenizer
@@ -122,10 +123,11 @@ def checkpoint_model(checkpoint: ZeroCheckpoint, trust_remote_code: bool) -> tor
     result = model.load_state_dict(state, strict=False)
     own = model.state_dict()
     loaded = {own[name].data_ptr() for name in state if name in own}
-    untied = [name for name in result.missing_keys if own[name].data_ptr() not in loaded]  # tied: shares storage
+    # tied: shares storage
+    untied = [name for name in result.missing_keys if own[name].data_ptr() not in loaded]
     if result.unexpected_keys or untied:
-        raise ValueError(f"checkpoint {checkpoint.directory}: its weights do not fit the model run.json describes: "
-                         f"missing {untied[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise ValueError(f"checkpoint {checkpoint.directory}: its weights do not fit the model run.json "
+                         f"describes: missing {untied[:5]}, unexpected {result.unexpected_keys[:5]}")
     model.config.use_cache = True  # training turned the KV cache off; generation and serving want it
     return model.eval()
 

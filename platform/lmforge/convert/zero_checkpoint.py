@@ -50,10 +50,13 @@ class ZeroCheckpoint:
 
     @classmethod
     def locate(cls, path: str | Path) -> ZeroCheckpoint:
-        """`path` is a checkpoint_* directory or a run directory (then its newest checkpoint); reads run.json."""
+        """`path` is a checkpoint_* directory or a run directory (then its newest checkpoint);
+        reads run.json."""
         path = Path(path).resolve()
         if not path.is_dir():
-            raise FileNotFoundError(f"checkpoint {path}: no such directory (give a checkpoint_* dir or its run dir)")
+            raise FileNotFoundError(
+                f"checkpoint {path}: no such directory (give a checkpoint_* dir or its run dir)"
+            )
         directory = path if _is_checkpoint(path) else _newest_checkpoint(path)
         train, data = read_run_spec(directory.parent)
         state = read_state(directory)
@@ -74,8 +77,9 @@ class ZeroCheckpoint:
             try:
                 return get_fp32_state_dict_from_zero_checkpoint(str(self.directory), tag=self.tag)
             except pickle.UnpicklingError as exc:
-                raise ValueError(f"checkpoint {self.directory / self.tag} holds pickled objects beyond tensors and "
-                                 f"DeepSpeed's loss scaler and ZeRO stage; refusing to unpickle it: {exc}") from None
+                raise ValueError(f"checkpoint {self.directory / self.tag} holds pickled objects beyond "
+                                 f"tensors and DeepSpeed's loss scaler and ZeRO stage; "
+                                 f"refusing to unpickle it: {exc}") from None
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -85,14 +89,15 @@ def _is_checkpoint(path: Path) -> bool:
 def _newest_checkpoint(run_dir: Path) -> Path:
     candidates = [d for d in run_dir.glob("checkpoint_*") if (d / STATE_FILE).is_file()]
     if not candidates:
-        raise FileNotFoundError(f"checkpoint {run_dir}: neither a checkpoint (no {STATE_FILE} or latest) nor a run "
-                                "directory with checkpoint_*/ inside; give one of those")
+        raise FileNotFoundError(f"checkpoint {run_dir}: neither a checkpoint (no {STATE_FILE} or latest) "
+                                "nor a run directory with checkpoint_*/ inside; give one of those")
     return max(candidates, key=lambda d: (read_state(d).step, d.name))
 
 
 @contextlib.contextmanager
 def deepspeed_weights_only():
-    """Make DeepSpeed's `torch.load(weights_only=False)` calls safe: tensors plus DeepSpeed's two plain classes."""
+    """Make DeepSpeed's `torch.load(weights_only=False)` calls safe:
+    tensors plus DeepSpeed's two plain classes."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
@@ -118,13 +123,14 @@ def parameter_count(checkpoint: ZeroCheckpoint, trust_remote_code: bool) -> int:
 
 
 def check_memory(parameters: int, where: Path) -> int:
-    """Bytes the conversion needs (RAM_FACTOR x the fp32 model); raises MemoryError when fewer are available."""
+    """Bytes the conversion needs (RAM_FACTOR x the fp32 model);
+    raises MemoryError when fewer are available."""
     needed = RAM_FACTOR * 4 * parameters
     available = psutil.virtual_memory().available
     if needed > available:
         raise MemoryError(f"checkpoint {where}: converting {parameters / 1e9:.2f}B parameters needs about "
-                          f"{needed / 1024**3:.1f} GiB of RAM ({RAM_FACTOR} x the fp32 model, for DeepSpeed's "
-                          f"consolidation), but only {available / 1024**3:.1f} GiB is available; run convert on a "
-                          "node with more memory, or free some")
+                          f"{needed / 1024**3:.1f} GiB of RAM ({RAM_FACTOR} x the fp32 model, for "
+                          f"DeepSpeed's consolidation), but only {available / 1024**3:.1f} GiB is available; "
+                          "run convert on a node with more memory, or free some")
     log.info("RAM: need ~%.2f GiB, %.2f GiB available", needed / 1024**3, available / 1024**3)
     return needed

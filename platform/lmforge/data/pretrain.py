@@ -56,7 +56,7 @@ def run_prepare_pretrain(cfg: PretrainDataConfig) -> Manifest:
         mixed = mix_documents(tokenized, factors, cfg.seed, len(records.chunks))
         counts = records.counts(kept_stats, factors, per_source_totals(mixed))
         records.check_output_not_empty("prepare-pretrain", counts)
-        packed = pack_documents(mixed, cfg.pack.block_size, cfg.workers)
+        packed = pack_documents(mixed, cfg.pack.block_size)
         shards = write_shards(packed.blocks, out, cfg.pack.blocks_per_shard)
 
         plots = write_data_plots(out, length_histogram(tokenized), counts["sources"], "document length")
@@ -85,7 +85,8 @@ def read_clean_records(planned: PlannedChunk, clean: CleanConfig) -> Iterator[di
 def tokenize_documents(
     kept: ray.data.Dataset, removed: np.ndarray, tokenizer: TokenizerSpec, cfg: PretrainDataConfig
 ) -> ray.data.Dataset:
-    """Documents that survived dedup, as token ids ending in EOS (columns key, chunk, source, input_ids, n_tokens)."""
+    """Documents that survived dedup, as token ids ending in EOS
+    (columns key, chunk, source, input_ids, n_tokens)."""
     survivors = kept.select_columns(["key", "chunk", "source", "text"]).map_batches(
         drop_keys, batch_format="pyarrow", fn_kwargs={"removed": removed}
     )
@@ -105,7 +106,9 @@ def mix_documents(tokenized: ray.data.Dataset, factors: dict[str, float], seed: 
     of up-sampled sources, and so on.
     """
     return repeat_by_mixture(tokenized, factors, seed).map_batches(
-        lambda t: t.append_column("group", pc.add(pc.multiply(t.column("copy"), num_chunks), t.column("chunk"))),
+        lambda t: t.append_column(
+            "group", pc.add(pc.multiply(t.column("copy"), num_chunks), t.column("chunk"))
+        ),
         batch_format="pyarrow",
     )
 
@@ -115,20 +118,23 @@ class PackedBlocks:
         self.blocks, self.num_blocks, self.remainder = blocks, num_blocks, remainder
 
 
-def pack_documents(mixed: ray.data.Dataset, block_size: int, workers: int) -> PackedBlocks:
+def pack_documents(mixed: ray.data.Dataset, block_size: int) -> PackedBlocks:
     """Blocks of `block_size` tokens cut from all documents in `group`, `key` order."""
     sums = mixed.groupby("group").sum("n_tokens").to_pandas().sort_values("group")
     starts = np.concatenate([[0], np.cumsum(sums["sum(n_tokens)"].to_numpy())[:-1]])
-    group_offsets = dict(zip(sums["group"].tolist(), starts.tolist()))
+    # not strict: with no groups at all `starts` is still [0]; the total check below reports that case
+    group_offsets = dict(zip(sums["group"].tolist(), starts.tolist(), strict=False))
     total = int(sums["sum(n_tokens)"].sum()) if len(sums) else 0
     if total < block_size:
         raise ValueError(f"prepare-pretrain: only {total} tokens after cleaning and dedup, fewer than "
                          f"block_size {block_size}; add data or lower pack.block_size")
     pieces = mixed.groupby("group").map_groups(
-        pack_group, batch_format="pyarrow", fn_kwargs={"group_offsets": group_offsets, "block_size": block_size},
+        pack_group, batch_format="pyarrow",
+        fn_kwargs={"group_offsets": group_offsets, "block_size": block_size},
     ).materialize()
     whole_blocks = pieces.filter(expr=col("whole"))
-    fragments = [Piece(r["block"], r["offset"], np.asarray(r["input_ids"], np.int32), np.asarray(r["doc_lens"], np.int32))
+    fragments = [Piece(r["block"], r["offset"], np.asarray(r["input_ids"], np.int32),
+                       np.asarray(r["doc_lens"], np.int32))
                  for r in pieces.filter(expr=~col("whole")).take_all()]
     stitched, remainder = stitch_fragments(fragments, block_size)
     blocks = whole_blocks.union(ray.data.from_arrow(pieces_to_table(stitched))) if stitched else whole_blocks

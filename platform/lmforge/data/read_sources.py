@@ -62,7 +62,8 @@ class EmptyOutput(ValueError):
 
 @dataclass
 class SourceRecords:
-    """Every record of every source (status ok / filtered:<why> / quarantined) and the duplicates among them."""
+    """Every record of every source (status ok / filtered:<why> / quarantined)
+    and the duplicates among them."""
 
     cfg: DataStageConfig
     files: list[SourceFile]
@@ -86,29 +87,30 @@ class SourceRecords:
             for status, count in filtered.items():
                 statuses[name]["ok"] -= count
                 statuses[name][status] = count
-        counts = reconcile_counts(self.cfg.sources, statuses, removed_by_source(self.duplicates, source_of_file),
-                                  kept, factors, output)
+        counts = reconcile_counts(self.cfg.sources, statuses,
+                                  removed_by_source(self.duplicates, source_of_file), kept, factors, output)
         counts["warnings"] = mixture_warnings(factors)
         for warning in counts["warnings"]:
             log.warning("mixture: %s", warning)
         return counts
 
     def check_output_not_empty(self, stage: str, counts: dict) -> None:
-        """EmptyOutput, with each source's counts and the first quarantine reasons, if nothing is left to write."""
+        """EmptyOutput, with each source's counts and the first quarantine reasons,
+        if nothing is left to write."""
         if counts["total"]["output_documents"]:
             return
         lines = [f"{stage}: the output would be empty; per source:"]
         for name, row in counts["sources"].items():
             filtered = ", ".join(f"{why} {n}" for why, n in row["filtered"].items()) or "0"
             lines.append(
-                f"  {name}: read {row['read']}, quarantined {row['quarantined']}, filtered {filtered}, duplicates "
-                f"{row['exact_duplicates']} exact + {row['near_duplicates']} near + {row['prefix_duplicates']} "
-                f"prefix, kept {row['kept_documents']}, mixture factor {row['mix_factor']}, output "
-                f"{row['output_documents']}"
+                f"  {name}: read {row['read']}, quarantined {row['quarantined']}, filtered {filtered}, "
+                f"duplicates {row['exact_duplicates']} exact + {row['near_duplicates']} near + "
+                f"{row['prefix_duplicates']} prefix, kept {row['kept_documents']}, "
+                f"mixture factor {row['mix_factor']}, output {row['output_documents']}"
             )
         bad = self.docs.filter(expr=col("status") == "quarantined").take(3)
-        lines += [f"  quarantined: {self.files[row['key'] >> POSITION_BITS].path} line {row['line']}: {row['reason']}"
-                  for row in bad]
+        lines += [f"  quarantined: {self.files[row['key'] >> POSITION_BITS].path} line {row['line']}: "
+                  f"{row['reason']}" for row in bad]
         raise EmptyOutput("\n".join(lines))
 
     def write_manifest(self, stage: str, out: Path, outputs: type[PreparedData], fields: dict,
@@ -122,7 +124,7 @@ class SourceRecords:
         manifest = Manifest(
             stage=stage,
             config=self.cfg.model_dump(),
-            inputs=[input_record(f, s) for f, s in zip(self.files, self.surveys)],
+            inputs=[input_record(f, s) for f, s in zip(self.files, self.surveys, strict=True)],
             outputs=outputs(dir=str(Path(self.cfg.output_dir).resolve()), **fields,
                             tokenizer=tokenizer_identity(self.cfg.tokenizer), quarantine=QUARANTINE,
                             dedup_clusters=DEDUP_CLUSTERS).model_dump(by_alias=True),

@@ -75,7 +75,8 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
         counts = records.counts(
             {name: {"documents": s["samples"], "tokens": s["tokens"]} for name, s in sample_stats.items()},
             factors, _output_stats(mixed),
-            filtered_later={name: s["filtered"] for name, s in sample_stats.items()},  # too long, nothing to train
+            # too long, nothing to train
+            filtered_later={name: s["filtered"] for name, s in sample_stats.items()},
         )
         for name, row in counts["sources"].items():
             row["truncated"] = sample_stats.get(name, {}).get("truncated", 0)
@@ -103,14 +104,16 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
 
 
 def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[SourceFile]:
-    """Each file's record schema: detected from its first readable record, or the config's, checked against it.
+    """Each file's record schema: detected from its first readable record,
+    or the config's, checked against it.
 
     ConfigError (naming the source, file, line and field) when no schema fits or the configured one does not.
     """
     check = ray.remote(num_cpus=1)(_file_record_format)
-    pending = {i: check.remote(f, s) for i, (f, s) in enumerate(zip(files, surveys)) if not isinstance(s, str)}
+    pending = {i: check.remote(f, s) for i, (f, s) in enumerate(zip(files, surveys, strict=True))
+               if not isinstance(s, str)}
     # Failures come back as values: a raised error would reach the user as a Ray task traceback.
-    found = dict(zip(pending, ray.get(list(pending.values()))))
+    found = dict(zip(pending, ray.get(list(pending.values())), strict=True))
     errors = [error for _, error in found.values() if error]
     if errors:
         raise ConfigError("\n".join(errors))
@@ -148,7 +151,8 @@ def _conversation_json(fields: dict, source) -> str:
 
 
 def render_batch(batch: pa.Table, tokenizer_path: str, template: str, max_length: int) -> pa.Table:
-    """Ray Data task body: conversation JSON -> input_ids, labels, status (SampleRenderer, cached per process)."""
+    """Ray Data task body: conversation JSON -> input_ids, labels, status
+    (SampleRenderer, cached per process)."""
     return _sample_renderer(tokenizer_path, template, max_length)(batch)
 
 

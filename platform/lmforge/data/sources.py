@@ -43,7 +43,9 @@ class PlannedChunk:
 
 def record_key(file_index: int, position: int) -> int:
     if not 0 < position < 1 << POSITION_BITS:  # a wider position would spill into the file index
-        raise ValueError(f"record position {position} of file {file_index} is outside 1..2**{POSITION_BITS}-1")
+        raise ValueError(
+            f"record position {position} of file {file_index} is outside 1..2**{POSITION_BITS}-1"
+        )
     return (file_index << POSITION_BITS) | position
 
 
@@ -84,7 +86,7 @@ def survey_source_file(file: SourceFile, chunk_bytes: int) -> FileSurvey | str:
 
 def plan_chunks(files: list[SourceFile], surveys: list[FileSurvey | str]) -> list[PlannedChunk]:
     chunks = []
-    for file, survey in zip(files, surveys):
+    for file, survey in zip(files, surveys, strict=True):
         if isinstance(survey, str):
             continue
         for chunk in survey.chunks:
@@ -138,7 +140,8 @@ def input_record(file: SourceFile, survey: FileSurvey | str) -> dict:
 
 @dataclass(frozen=True)
 class LocalSources:
-    """The files of some sources, surveyed in this process (for small jobs: tokenizer training, eval texts)."""
+    """The files of some sources, surveyed in this process
+    (for small jobs: tokenizer training, eval texts)."""
 
     files: list[SourceFile]
     surveys: list[FileSurvey | str]  # a string: why the file could not be read at all
@@ -161,7 +164,7 @@ class LocalSources:
 
     def inputs(self) -> list[dict]:
         """The manifest's `inputs`: one input_record per file."""
-        return [input_record(f, s) for f, s in zip(self.files, self.surveys)]
+        return [input_record(f, s) for f, s in zip(self.files, self.surveys, strict=True)]
 
     def unreadable(self) -> list[str]:
         return [s for s in self.surveys if isinstance(s, str)]

@@ -40,7 +40,8 @@ CLASSIC_CHAT_TEMPLATE = (
     "{%- else -%}{{ raise_exception('classic chat template: unknown role ' ~ message['role']) }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt %}{{ '\\n Assistant: ' if (system or messages) else 'Assistant: ' }}{% endif -%}"
+    "{%- if add_generation_prompt %}"
+    "{{ '\\n Assistant: ' if (system or messages) else 'Assistant: ' }}{% endif -%}"
 )
 
 

@@ -93,10 +93,12 @@ def run_batch_infer(cfg: BatchInferConfig) -> Manifest:
         config=cfg.model_dump(),
         inputs=[{"source": f.source.name, "path": str(Path(f.path).resolve())}
                 | ({"error": s} if isinstance(s, str) else {"size": s.size, "sha256": s.sha256})
-                for f, s in zip(files, surveys)] + [{"model_dir": str(Path(cfg.model_dir).resolve())}],
+                for f, s in zip(files, surveys, strict=True)]
+        + [{"model_dir": str(Path(cfg.model_dir).resolve())}],
         outputs=BatchAnswers(
-            dir=str(out.resolve()), data="data/", format=cfg.output_format, run=run, columns=list(ANSWER_COLUMNS),
-            errors="errors.jsonl", quarantine="quarantine.jsonl", seconds=round(seconds, 2),
+            dir=str(out.resolve()), data="data/", format=cfg.output_format, run=run,
+            columns=list(ANSWER_COLUMNS), errors="errors.jsonl", quarantine="quarantine.jsonl",
+            seconds=round(seconds, 2),
             prompts_per_second=round(counts["answered"] / seconds, 3) if seconds else None,
             generated_tokens_per_second=round(counts["generated_tokens"] / seconds, 3) if seconds else None,
         ).model_dump(),
@@ -126,21 +128,25 @@ def answer_prompts(records: ray.data.Dataset, skipped_keys: np.ndarray, cfg: Bat
     if fitting.count():
         carry = ("source", "line", "reference")
         results = results.union(run_requests(fitting, cfg.model_dir, cfg.engine, cfg.sampling, carry=carry))
-    written = results.map_batches(_write_block, batch_format="pyarrow", batch_size=None,
-                                  fn_kwargs={"out_dir": str(out), "run": run, "output_format": cfg.output_format})
+    written = results.map_batches(
+        _write_block, batch_format="pyarrow", batch_size=None,
+        fn_kwargs={"out_dir": str(out), "run": run, "output_format": cfg.output_format},
+    )
     return written.sum(["answered", "failed", "generated_tokens", "prompt_tokens"])
 
 
 def prepare_output_dir(cfg: BatchInferConfig) -> Path:
-    """The output dir, checked to belong to this job (same model and sampling), cleared of a crash's debris."""
+    """The output dir, checked to belong to this job (same model and sampling),
+    cleared of a crash's debris."""
     out = Path(cfg.output_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
     job = {"model_dir": str(Path(cfg.model_dir).resolve()), "sampling": cfg.sampling.model_dump(),
            "output_format": cfg.output_format, "model_files": _model_fingerprint(Path(cfg.model_dir))}
     job_file = out / JOB_FILE
     if job_file.is_file() and json.loads(job_file.read_text()) != job:
-        raise FileExistsError(f"output_dir {out} holds answers of another job ({job_file} differs: model, weights, "
-                              "sampling or format); use a new output_dir, or delete it to start over")
+        raise FileExistsError(f"output_dir {out} holds answers of another job ({job_file} differs: "
+                              "model, weights, sampling or format); "
+                              "use a new output_dir, or delete it to start over")
     job_file.write_text(json.dumps(job, indent=2) + "\n")
     for debris in [*out.glob("data/.*.tmp"), *out.glob("errors/*.jsonl")]:  # failed rows are retried
         debris.unlink()
@@ -188,12 +194,13 @@ def _read_chunk_prompts(batch: dict, chunks: list[PlannedChunk]) -> pa.Table:
 
 def select_new_prompts(records: ray.data.Dataset, answered: set[str]) -> tuple[np.ndarray, dict]:
     """Keys of readable records not to send (id answered before, or repeated: the first copy counts)."""
-    ok = records.filter(expr=col("status") == "ok").select_columns(["key", "id"]).to_pandas().sort_values("key")
+    ok = (records.filter(expr=col("status") == "ok").select_columns(["key", "id"])
+          .to_pandas().sort_values("key"))
     repeated = ok["id"].duplicated().to_numpy()
     done = ok["id"].isin(answered).to_numpy() & ~repeated
     skipped = np.sort(ok["key"].to_numpy()[repeated | done])
-    counts = {"read": records.count(), "repeated_ids": int(repeated.sum()), "already_answered": int(done.sum()),
-              "submitted": int(len(ok) - repeated.sum() - done.sum())}
+    counts = {"read": records.count(), "repeated_ids": int(repeated.sum()),
+              "already_answered": int(done.sum()), "submitted": int(len(ok) - repeated.sum() - done.sum())}
     return skipped, counts
 
 
@@ -203,14 +210,16 @@ def _request_columns(batch: pa.Table, max_tokens: int) -> pa.Table:
         "max_tokens": pa.array(np.full(batch.num_rows, max_tokens), pa.int64()),
         "score_from": pa.array(np.full(batch.num_rows, -1), pa.int64()),
         "prompt_tokens": pc.list_value_length(batch.column("prompt_ids")).cast(pa.int64()),
-        "source": batch.column("source"), "line": batch.column("line"), "reference": batch.column("reference"),
+        "source": batch.column("source"), "line": batch.column("line"),
+        "reference": batch.column("reference"),
     })
 
 
 def _too_long(batch: pa.Table, max_len: int) -> pa.Table:
     """Failed results for prompts that leave no room for an answer in max_len tokens."""
-    rows = [too_long_result(i, t, max_len) for i, t in zip(batch.column("id").to_pylist(),
-                                                           batch.column("prompt_tokens").to_pylist())]
+    rows = [too_long_result(i, t, max_len)
+            for i, t in zip(batch.column("id").to_pylist(), batch.column("prompt_tokens").to_pylist(),
+                            strict=True)]
     table = pa.Table.from_pylist(rows)
     for name in ("source", "line", "reference"):
         table = table.append_column(name, batch.column(name))
@@ -258,8 +267,8 @@ def merge_errors(out: Path) -> dict[str, int]:
 
 def reconcile(counts: dict) -> None:
     """read = quarantined + repeated + already answered + answered now + failed, or the run is wrong."""
-    accounted = (counts["quarantined"] + counts["repeated_ids"] + counts["already_answered"] + counts["answered"]
-                 + counts["failed"])
+    accounted = (counts["quarantined"] + counts["repeated_ids"] + counts["already_answered"]
+                 + counts["answered"] + counts["failed"])
     if accounted != counts["read"] or counts["answered"] + counts["failed"] != counts["submitted"]:
         raise RuntimeError(f"batch-infer: counts do not reconcile: {counts}")
     if sum(counts["failed_by_reason"].values()) != counts["failed"]:

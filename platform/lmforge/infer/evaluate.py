@@ -58,13 +58,16 @@ class EvalData:
         ppl = LocalSources.survey(cfg.perplexity.sources) if cfg.perplexity else None
         return cls(
             perplexity=ppl, texts=list(ppl.texts(cfg.perplexity.max_documents)) if ppl else [],
-            questions={task.name: load_questions(task.path, task.max_questions) for task in cfg.multiple_choice},
-            dev={task.name: load_questions(task.dev_path) if task.dev_path else [] for task in cfg.multiple_choice},
+            questions={task.name: load_questions(task.path, task.max_questions)
+                       for task in cfg.multiple_choice},
+            dev={task.name: load_questions(task.dev_path) if task.dev_path else []
+                 for task in cfg.multiple_choice},
             cases=load_cases(cfg.open_qa) if cfg.open_qa else [],
         )
 
     def inputs(self, cfg: EvalConfig) -> list[dict]:
-        """The manifest's records of every file read: perplexity sources, question and dev files, open QA cases."""
+        """The manifest's records of every file read: perplexity sources, question and dev files,
+        open QA cases."""
         records = [{"task": "perplexity", **r} for r in self.perplexity.inputs()] if self.perplexity else []
         for task in cfg.multiple_choice:
             records.append(_question_file(f"multiple_choice/{task.name}", "questions", task.path))
@@ -83,12 +86,13 @@ class ModelResults:
 
 
 def run_eval(cfg: EvalConfig) -> Manifest:
-    """Evaluate every model on every task; write the reports, predictions.jsonl, open_qa.jsonl and the manifest."""
+    """Evaluate every model on every task;
+    write the reports, predictions.jsonl, open_qa.jsonl and the manifest."""
     for model in cfg.models:
         max_len, _ = model_limits(model.path, cfg.engine)  # every model exists before any engine starts
         if cfg.perplexity and cfg.perplexity.window >= max_len:
-            raise ValueError(f"perplexity.window {cfg.perplexity.window} leaves no room in max_model_len {max_len} "
-                             f"of model {model.name}: set it to at most {max_len - 1}")
+            raise ValueError(f"perplexity.window {cfg.perplexity.window} leaves no room in max_model_len "
+                             f"{max_len} of model {model.name}: set it to at most {max_len - 1}")
     data = EvalData.load(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,14 +115,16 @@ def run_eval(cfg: EvalConfig) -> Manifest:
     report = write_report(out, [m.model_dump() for m in cfg.models], metrics)
     manifest = Manifest(
         stage="eval", config=cfg.model_dump(),
-        inputs=[{"model": m.name, "model_dir": str(Path(m.path).resolve())} for m in cfg.models] + data.inputs(cfg),
+        inputs=[{"model": m.name, "model_dir": str(Path(m.path).resolve())} for m in cfg.models]
+        + data.inputs(cfg),
         outputs=EvalReport(
             dir=str(out.resolve()), report="report.json", report_md="report.md",
             predictions=PREDICTIONS if cfg.multiple_choice else None,
             open_qa="open_qa.jsonl" if cfg.open_qa else None, tasks=report["tasks"],
         ).model_dump(),
         counts={"models": len(cfg.models), "perplexity_documents": len(data.texts),
-                "questions": {n: len(q) for n, q in data.questions.items()}, "open_qa_questions": len(data.cases)},
+                "questions": {n: len(q) for n, q in data.questions.items()},
+                "open_qa_questions": len(data.cases)},
     )
     manifest.write(out)
     return manifest
@@ -134,10 +140,11 @@ def evaluate_model(cfg: EvalConfig, model: EvalModelConfig, data: EvalData) -> M
 
     requests: list[dict] = []
     if cfg.perplexity:
-        requests += perplexity_requests(cfg.perplexity, data.texts, tokenizer.encode, tokenizer.tokenizer.eos_token_id)
+        requests += perplexity_requests(cfg.perplexity, data.texts, tokenizer.encode,
+                                        tokenizer.tokenizer.eos_token_id)
     for task in cfg.multiple_choice:
-        requests += mcq_requests(task, data.questions[task.name], data.dev[task.name], tokenizer.encode, encode_chat,
-                                 max_len)
+        requests += mcq_requests(task, data.questions[task.name], data.dev[task.name], tokenizer.encode,
+                                 encode_chat, max_len)
     if cfg.open_qa:
         requests += open_qa_requests(cfg.open_qa, data.cases, encode_chat)
     scoring = any(r["score_from"] >= 0 for r in requests)

@@ -71,8 +71,8 @@ def run_synth(cfg: SynthConfig) -> Manifest:
         except (Unparsed, ValueError) as exc:
             kind = "failed" if result["error"] else "unparsed"
             counts[f"{kind}_items"] += 1
-            quarantine.append({"id": item["id"], "stage": kind, "reason": str(exc), "provenance": item["provenance"],
-                               "raw": result["text"][:1000]})
+            quarantine.append({"id": item["id"], "stage": kind, "reason": str(exc),
+                               "provenance": item["provenance"], "raw": result["text"][:1000]})
     counts["items"] = len(items)
     counts["sft_records"] = len(records)
     _reconcile(counts)
@@ -84,8 +84,8 @@ def run_synth(cfg: SynthConfig) -> Manifest:
         inputs=[{"source": f.source.name, "path": str(Path(f.path).resolve())} for f in files]
         + [{"model_dir": str(Path(cfg.model_dir).resolve())}],
         outputs=SynthData(
-            dir=str(out.resolve()), sft="sft.jsonl", record_format="sharegpt", generations="generations.jsonl",
-            quarantine="quarantine.jsonl",
+            dir=str(out.resolve()), sft="sft.jsonl", record_format="sharegpt",
+            generations="generations.jsonl", quarantine="quarantine.jsonl",
             prepare_sft_source={"path": str((out / "sft.jsonl").resolve()), "record_format": "sharegpt"},
         ).model_dump(),
         counts=dict(counts),
@@ -97,11 +97,12 @@ def run_synth(cfg: SynthConfig) -> Manifest:
 def read_items(cfg: SynthConfig, files: list, counts: Counter, quarantine: list[dict]) -> Iterator[dict]:
     """Items of the recipe, in input order: {id, passage | question (+ answer), provenance}."""
     surveys = [survey_source_file(f, 64 * 1024**2) for f in files]
-    for file, survey in zip(files, surveys):
+    for file, survey in zip(files, surveys, strict=True):
         if isinstance(survey, str):
             counts["read"] += 1
             counts["quarantined_on_read"] += 1
-            quarantine.append({"id": None, "stage": "read", "reason": survey, "provenance": {"file": file.path}})
+            quarantine.append({"id": None, "stage": "read", "reason": survey,
+                               "provenance": {"file": file.path}})
     emitted = 0
     for planned in plan_chunks(files, surveys):
         convert = _read_exchange if cfg.recipe == "multi_turn" else render_text

@@ -1,4 +1,5 @@
-"""`lmforge serve CONFIG`: start the chat app on Ray Serve, print its URL, block; also write a `serve deploy` file."""
+"""`lmforge serve CONFIG`: start the chat app on Ray Serve, print its URL, block;
+also write a `serve deploy` file."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ CONFIG_ENV = "LMFORGE_SERVE_CONFIG"  # serve_apps/chat.py reads its ServeConfig 
 
 
 def write_deploy_config(cfg: ServeConfig) -> Path:
-    """Write output_dir/serve.yaml (this resolved config) and output_dir/serve_deploy.yaml for `serve deploy`."""
+    """Write output_dir/serve.yaml (this resolved config)
+    and output_dir/serve_deploy.yaml for `serve deploy`."""
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     resolved = out / "serve.yaml"
     # api_keys_env stays a variable name: the keys are read from the environment where the app is built
-    resolved.write_text(yaml.safe_dump(cfg.model_dump(), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    resolved.write_text(yaml.safe_dump(cfg.model_dump(), allow_unicode=True, sort_keys=False),
+                        encoding="utf-8")
     deploy = {
         "http_options": {"host": cfg.host, "port": cfg.port},
         "applications": [{
@@ -34,7 +37,8 @@ def write_deploy_config(cfg: ServeConfig) -> Path:
             "import_path": IMPORT_PATH,
             # Serve config files take no local paths to upload, only "local://" dirs present on every
             # node (the same image/checkout) or remote URIs: serve_apps is imported from this checkout.
-            "runtime_env": {"working_dir": f"local://{REPO_DIR}", "env_vars": {**cfg.env, CONFIG_ENV: str(resolved)}},
+            "runtime_env": {"working_dir": f"local://{REPO_DIR}",
+                            "env_vars": {**cfg.env, CONFIG_ENV: str(resolved)}},
         }],
     }
     path = out / "serve_deploy.yaml"
@@ -55,7 +59,8 @@ def start_app(cfg: ServeConfig) -> str:
 
 
 def run_serve(cfg: ServeConfig) -> Manifest:
-    """Start Ray and the app, print the URL, serve until Ctrl-C (or answer `ask_once`), then shut Serve down."""
+    """Start Ray and the app, print the URL, serve until Ctrl-C (or answer `ask_once`),
+    then shut Serve down."""
     from ray import serve
 
     from lmforge.runtime import init_ray

@@ -44,7 +44,9 @@ def load_train_data(directory: str) -> TrainData:
     files = tuple(str(Path(directory) / shard["file"]) for shard in prepared.shards)
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
-        raise FileNotFoundError(f"data.dir {directory}: shards listed in manifest.json are missing: {missing[:3]}")
+        raise FileNotFoundError(
+            f"data.dir {directory}: shards listed in manifest.json are missing: {missing[:3]}"
+        )
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if rows == 0:
         raise ValueError(f"data.dir {directory}: the dataset is empty (0 rows); check its manifest counts")
@@ -74,18 +76,21 @@ def epoch_order(data: TrainData, epoch: int, seed: int, eval_rows: int) -> np.nd
     Only the id column is read: the driver orders ids, the workers move the rows (worker_epoch_dataset).
     """
     ids = _sorted_row_ids(data, eval_rows)[: data.rows - eval_rows]  # the held-out ids are the largest
-    return ids[np.argsort(splitmix64(ids, seed * 1_000_003 + epoch), kind="stable")]  # a full mix: neighbours scatter
+    # a full mix: neighbours scatter
+    return ids[np.argsort(splitmix64(ids, seed * 1_000_003 + epoch), kind="stable")]
 
 
 def share_epoch_order(order: np.ndarray) -> ray.ObjectRef:
-    """`order` as an id -> position lookup (ids sorted, their positions) in the object store, for all ranks."""
+    """`order` as an id -> position lookup (ids sorted, their positions) in the object store,
+    for all ranks."""
     by_id = np.argsort(order, kind="stable")
     return ray.put((order[by_id], by_id, len(order)))
 
 
 def worker_epoch_dataset(data: TrainData, order: ray.ObjectRef, rank: int, world: int,
                          micro_batch_size: int) -> ray.data.Dataset:
-    """Rank `rank`'s rows of an epoch, in order: the epoch order dealt out in micro batches, whole global batches only.
+    """Rank `rank`'s rows of an epoch, in order: the epoch order dealt out in micro batches,
+    whole global batches only.
 
         order      r0 r1 r2 r3 r4 r5 r6 r7 r8      (world 2, micro batch 2: global batches of 4 rows)
         rank 0     r0 r1       r4 r5               r8 is not in a whole global batch: no rank reads it
@@ -96,7 +101,8 @@ def worker_epoch_dataset(data: TrainData, order: ray.ObjectRef, rank: int, world
     """
     return _read(data).map_batches(
         _keep_rank_rows, batch_format="pyarrow",
-        fn_kwargs={"row_id": data.row_id, "order": order, "rank": rank, "world": world, "micro": micro_batch_size},
+        fn_kwargs={"row_id": data.row_id, "order": order, "rank": rank, "world": world,
+                   "micro": micro_batch_size},
     ).sort("position").drop_columns(["position"])
 
 
@@ -114,7 +120,8 @@ def _keep_rank_rows(batch: pa.Table, row_id: str, order: ray.ObjectRef, rank: in
 def eval_dataset(data: TrainData, eval_rows: int) -> ray.data.Dataset:
     held_out = _held_out_ids(data, eval_rows)
     return _read(data).map_batches(
-        lambda t: t.filter(pa.array(np.isin(t.column(data.row_id).to_numpy(), held_out))), batch_format="pyarrow"
+        lambda t: t.filter(pa.array(np.isin(t.column(data.row_id).to_numpy(), held_out))),
+        batch_format="pyarrow",
     )
 
 
@@ -126,7 +133,9 @@ def _sorted_row_ids(data: TrainData, eval_rows: int) -> np.ndarray:
     """Every row id, sorted (only the id column is read); checks that `eval_rows` leaves training rows."""
     if eval_rows >= data.rows:
         raise ValueError(f"data.eval_rows {eval_rows} leaves no training rows (the data has {data.rows})")
-    return np.sort(np.concatenate([pq.read_table(f, columns=[data.row_id]).column(0).to_numpy() for f in data.files]))
+    return np.sort(np.concatenate(
+        [pq.read_table(f, columns=[data.row_id]).column(0).to_numpy() for f in data.files]
+    ))
 
 
 def _held_out_ids(data: TrainData, eval_rows: int) -> np.ndarray:

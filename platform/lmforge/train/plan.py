@@ -1,4 +1,5 @@
-"""`lmforge plan CONFIG`: GPU memory and CPU RAM per worker of a pretrain/sft run under ZeRO-3, before submitting.
+"""`lmforge plan CONFIG`: GPU memory and CPU RAM per worker of a pretrain/sft run under ZeRO-3,
+before submitting.
 
 Symbols: N parameters (T of them trainable: N, or the LoRA adapters), L parameters of the largest module,
 G GPUs (= num_workers), g GPUs per node, n = ceil(G / g) nodes; P bytes per parameter as trained (2 for
@@ -94,11 +95,14 @@ def model_shape(cfg: TrainConfig, vocab_size: int) -> ModelShape:
     from lmforge.train.model import model_config
 
     if cfg.model.architecture and not (vocab_size or cfg.model.config.get("vocab_size")):
-        raise ValueError("the vocabulary size is unknown: prepare data.dir (its tokenizer) or set model.config.vocab_size")
+        raise ValueError("the vocabulary size is unknown: prepare data.dir (its tokenizer) "
+                         "or set model.config.vocab_size")
     try:
         config = model_config(cfg.model, vocab_size)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}; plan reads only its config.json, which can be copied there alone") from None
+        raise FileNotFoundError(
+            f"{exc}; plan reads only its config.json, which can be copied there alone"
+        ) from None
     config.vocab_size = max(config.vocab_size, vocab_size)  # training grows embeddings to the tokenizer's
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
@@ -109,8 +113,8 @@ def model_shape(cfg: TrainConfig, vocab_size: int) -> ModelShape:
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return ModelShape(
-        model_type=config.model_type, params=params, largest_module_params=largest, trainable_params=trainable,
-        layers=config.num_hidden_layers, hidden=config.hidden_size,
+        model_type=config.model_type, params=params, largest_module_params=largest,
+        trainable_params=trainable, layers=config.num_hidden_layers, hidden=config.hidden_size,
         kv_width=(getattr(config, "num_key_value_heads", None) or heads) * head_dim,
         mlp_width=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
         mlp_saved_per_width=4 if "gate_proj" in names else 2, heads=heads,
@@ -129,8 +133,11 @@ def _lora_params(model, cfg: TrainConfig) -> int:
     return sum(cfg.lora.r * (m.in_features + m.out_features) for m in adapted)
 
 
-def model_states(shape: ModelShape, cfg: TrainConfig, offload_optimizer: bool, offload_params: bool) -> tuple[float, float]:
-    """(GPU bytes per worker, CPU bytes per node) of parameters, gradients and optimizer state (formula above)."""
+def model_states(
+    shape: ModelShape, cfg: TrainConfig, offload_optimizer: bool, offload_params: bool
+) -> tuple[float, float]:
+    """(GPU bytes per worker, CPU bytes per node) of parameters, gradients and optimizer state
+    (formula above)."""
     param_bytes, state_bytes = (4, 12) if cfg.zero.precision == "fp32" else (2, 16)
     gpus, per_node = cfg.num_workers, cfg.plan.gpus_per_node
     nodes = math.ceil(gpus / per_node)
@@ -148,7 +155,9 @@ def activation_bytes(shape: ModelShape, cfg: TrainConfig, seq_len: int) -> float
     """Bytes of activations one worker keeps for one micro batch (formula above)."""
     p = 4 if cfg.zero.precision == "fp32" else 2
     tokens = cfg.micro_batch_size * seq_len
-    per_layer = tokens * (6 * shape.hidden + 2 * shape.kv_width + shape.mlp_saved_per_width * shape.mlp_width) * p
+    per_layer = (
+        tokens * (6 * shape.hidden + 2 * shape.kv_width + shape.mlp_saved_per_width * shape.mlp_width) * p
+    )
     if shape.eager_attention:
         per_layer += cfg.micro_batch_size * shape.heads * seq_len**2 * (4 + p)
     if cfg.model.gradient_checkpointing:
@@ -158,7 +167,9 @@ def activation_bytes(shape: ModelShape, cfg: TrainConfig, seq_len: int) -> float
     return layers + tokens * shape.vocab * (p + 8)
 
 
-def memory(shape: ModelShape, cfg: TrainConfig, seq_len: int, offload_optimizer: bool, offload_params: bool) -> Memory:
+def memory(
+    shape: ModelShape, cfg: TrainConfig, seq_len: int, offload_optimizer: bool, offload_params: bool
+) -> Memory:
     gpu, cpu = model_states(shape, cfg, offload_optimizer, offload_params)
     at_load = (4 if cfg.zero.precision == "fp32" else 2) * shape.params
     return Memory(offload_optimizer, offload_params, gpu, activation_bytes(shape, cfg, seq_len), cpu, at_load)
@@ -177,10 +188,11 @@ def sequence_and_vocab(cfg: TrainConfig) -> tuple[int, int, str]:
     if (Path(cfg.data.dir) / MANIFEST_NAME).is_file():
         prepared = read_prepared_data(cfg.data.dir)
         key = "block_size" if isinstance(prepared, TokenBlocks) else "max_length"
-        return prepared.sequence_length, prepared.tokenizer.vocab_size, f"{key} of {cfg.data.dir}/{MANIFEST_NAME}"
+        return (prepared.sequence_length, prepared.tokenizer.vocab_size,
+                f"{key} of {cfg.data.dir}/{MANIFEST_NAME}")
     if cfg.plan.sequence_length is None:
-        raise ValueError(f"data.dir {cfg.data.dir}: no {MANIFEST_NAME} yet, so the sequence length is unknown: "
-                         "set plan.sequence_length (the block_size or max_length you will prepare)")
+        raise ValueError(f"data.dir {cfg.data.dir}: no {MANIFEST_NAME} yet, so the sequence length is "
+                         "unknown: set plan.sequence_length (the block_size or max_length you will prepare)")
     return cfg.plan.sequence_length, 0, "plan.sequence_length: data.dir not prepared yet"
 
 
@@ -198,7 +210,9 @@ def plan_report(cfg: TrainConfig, where: str) -> tuple[str, bool]:
     if cfg.zero.stage != 3:
         lines.append(f"  note: this config uses ZeRO stage {cfg.zero.stage}; the table is for stage 3")
     if cfg.plan.sequence_length and cfg.plan.sequence_length != seq_len:
-        lines.append(f"  note: plan.sequence_length {cfg.plan.sequence_length} ignored: the data has {seq_len}")
+        lines.append(
+            f"  note: plan.sequence_length {cfg.plan.sequence_length} ignored: the data has {seq_len}"
+        )
     return "\n".join(lines), fits
 
 
@@ -207,19 +221,23 @@ def _describe_run(cfg: TrainConfig, shape: ModelShape, seq_len: int, seq_source:
     nodes = math.ceil(cfg.num_workers / cfg.plan.gpus_per_node)
     checkpointing = "on" if cfg.model.gradient_checkpointing else "off"
     param_bytes = 4 if cfg.zero.precision == "fp32" else 2
-    cpu_limit = f"of {cfg.plan.cpu_memory_gib:g} GiB" if cfg.plan.cpu_memory_gib else "set plan.cpu_memory_gib to check"
+    cpu_limit = (f"of {cfg.plan.cpu_memory_gib:g} GiB" if cfg.plan.cpu_memory_gib
+                 else "set plan.cpu_memory_gib to check")
     return [
-        (f"  model     {cfg.model.path or cfg.model.architecture} ({shape.model_type}): {_count(shape.params)} "
-         f"parameters, largest module {_count(shape.largest_module_params)}, {shape.layers} layers x hidden "
-         f"{shape.hidden}, vocabulary {shape.vocab}{lora}"),
-        (f"  run       {cfg.num_workers} workers = {nodes} node(s) x {cfg.plan.gpus_per_node} GPUs, {cfg.zero.precision}, "
-         f"micro batch {cfg.micro_batch_size} x {seq_len} tokens ({seq_source}), gradient checkpointing {checkpointing}"),
-        (f"  loading   no zero.Init: each worker builds the fp32 model in RAM ({4 * shape.params / GIB:.1f} GiB), "
-         f"then each GPU holds it whole in {cfg.zero.precision} ({param_bytes * shape.params / GIB:.1f} GiB)"),
-        (f"  ZeRO-3 memory in GiB. GPU per worker: fits = <= {USABLE_GPU_FRACTION:.0%} of {cfg.plan.gpu_memory_gib:g} GiB; "
-         f"CPU RAM per node of {cfg.plan.gpus_per_node} workers: {cpu_limit}"),
-        (f"    {'offload':<18}{'model states':>13}{'activations':>13}{'GPU peak':>11}  {'GPU':<9}{'CPU/worker':>11}"
-         f"{'CPU/node':>10}  CPU"),
+        (f"  model     {cfg.model.path or cfg.model.architecture} ({shape.model_type}): "
+         f"{_count(shape.params)} parameters, largest module {_count(shape.largest_module_params)}, "
+         f"{shape.layers} layers x hidden {shape.hidden}, vocabulary {shape.vocab}{lora}"),
+        (f"  run       {cfg.num_workers} workers = {nodes} node(s) x {cfg.plan.gpus_per_node} GPUs, "
+         f"{cfg.zero.precision}, micro batch {cfg.micro_batch_size} x {seq_len} tokens ({seq_source}), "
+         f"gradient checkpointing {checkpointing}"),
+        (f"  loading   no zero.Init: each worker builds the fp32 model in RAM "
+         f"({4 * shape.params / GIB:.1f} GiB), then each GPU holds it whole in {cfg.zero.precision} "
+         f"({param_bytes * shape.params / GIB:.1f} GiB)"),
+        (f"  ZeRO-3 memory in GiB. GPU per worker: fits = <= {USABLE_GPU_FRACTION:.0%} of "
+         f"{cfg.plan.gpu_memory_gib:g} GiB; CPU RAM per node of {cfg.plan.gpus_per_node} workers: "
+         f"{cpu_limit}"),
+        (f"    {'offload':<18}{'model states':>13}{'activations':>13}{'GPU peak':>11}  {'GPU':<9}"
+         f"{'CPU/worker':>11}{'CPU/node':>10}  CPU"),
     ]
 
 

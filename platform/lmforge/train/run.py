@@ -55,8 +55,9 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
     check_model_fits_data(cfg, data)
     steps_per_epoch = (data.rows - cfg.data.eval_rows) // cfg.global_batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"data.dir {cfg.data.dir}: {data.rows - cfg.data.eval_rows} training rows are fewer than "
-                         f"one global batch ({cfg.global_batch_size}); lower global_batch_size or add data")
+        raise ValueError(f"data.dir {cfg.data.dir}: {data.rows - cfg.data.eval_rows} training rows are "
+                         f"fewer than one global batch ({cfg.global_batch_size}); "
+                         f"lower global_batch_size or add data")
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     deepspeed_config(cfg, on_gpu=cfg.use_gpu, total_steps=total_steps)  # refuses fp16 on CPU, bad raw keys
@@ -78,13 +79,17 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
             "cfg": cfg.model_dump(), "data": asdict(data), "total_steps": total_steps, "epochs": epochs,
             "run_dir": str(run_dir),
             # here, not in the workers: there transformers would build even this meta-device copy under ZeRO-3
-            "flops_per_token": flops_per_token(model_config(cfg.model, data.vocab_size), data.sequence_length),
-            "peak_flops": cfg.peak_tflops_per_worker * 1e12 * cfg.num_workers if cfg.peak_tflops_per_worker else None,
+            "flops_per_token": flops_per_token(model_config(cfg.model, data.vocab_size),
+                                               data.sequence_length),
+            "peak_flops": (cfg.peak_tflops_per_worker * 1e12 * cfg.num_workers
+                           if cfg.peak_tflops_per_worker else None),
         },
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
         ),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=cfg.collective_timeout_s),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo",
+                                 timeout_s=cfg.collective_timeout_s),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=str(Path(cfg.storage_path).resolve()),
@@ -124,15 +129,17 @@ def check_model_fits_data(cfg: TrainConfig, data: TrainData) -> None:
     config = model_config(cfg.model, data.vocab_size)
     limit = max_positions(config)
     if limit is not None and data.sequence_length > limit:
-        raise ValueError(f"data.dir {cfg.data.dir}: sequences of {data.sequence_length} tokens exceed the model's "
-                         f"max_position_embeddings {limit}; set model.config.max_position_embeddings (and RoPE "
-                         "scaling) or prepare shorter blocks")
+        raise ValueError(f"data.dir {cfg.data.dir}: sequences of {data.sequence_length} tokens exceed the "
+                         f"model's max_position_embeddings {limit}; set model.config.max_position_embeddings "
+                         "(and RoPE scaling) or prepare shorter blocks")
     if cfg.model.path:
         model_tokenizer = Path(cfg.model.path) / "tokenizer.json"
         data_tokenizer = Path(data.tokenizer_dir) / "tokenizer.json"
-        if model_tokenizer.is_file() and data_tokenizer.is_file() and _sha(model_tokenizer) != _sha(data_tokenizer):
-            raise ValueError(f"data.dir {cfg.data.dir} was tokenized with {data.tokenizer_dir}, which differs from the "
-                             f"tokenizer in model.path {cfg.model.path}; prepare the data with the model's tokenizer")
+        if (model_tokenizer.is_file() and data_tokenizer.is_file()
+                and _sha(model_tokenizer) != _sha(data_tokenizer)):
+            raise ValueError(f"data.dir {cfg.data.dir} was tokenized with {data.tokenizer_dir}, "
+                             f"which differs from the tokenizer in model.path {cfg.model.path}; "
+                             f"prepare the data with the model's tokenizer")
         if config.vocab_size < data.vocab_size:
             log.warning("model vocab %d < tokenizer vocab %d: embeddings are resized", config.vocab_size,
                         data.vocab_size)

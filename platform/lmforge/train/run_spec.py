@@ -23,8 +23,9 @@ def read_run_spec(run_dir: Path) -> tuple[TrainConfig, TrainData]:
     """The run's TrainConfig and TrainData; FileNotFoundError / ValueError saying what to give instead."""
     path = run_dir / RUN_SPEC
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found. convert reads the model, LoRA and tokenizer settings that "
-                                "`lmforge pretrain/sft` writes there; give a checkpoint of an lmforge run (or its run dir)")
+        raise FileNotFoundError(f"{path}: not found. convert reads the model, LoRA and tokenizer settings "
+                                "that `lmforge pretrain/sft` writes there; "
+                                "give a checkpoint of an lmforge run (or its run dir)")
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
         return TrainConfig.model_validate(spec["config"]), TrainData(**spec["data"])
