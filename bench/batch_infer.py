@@ -51,7 +51,7 @@ def build_model() -> Path:
     import transformers
 
     from lmforge.config import SourceConfig, TokenizerTrainConfig
-    from lmforge.data.tokenizer import train_tokenizer
+    from lmforge.data.stages.train_tokenizer import train_tokenizer
 
     model_dir = WORK / "model"
     if (model_dir / "config.json").is_file():

@@ -137,7 +137,7 @@ def corpus_size(corpus: Path) -> tuple[int, float]:
 def build_tokenizer() -> Path:
     """bench/work/tokenizer: byte-level BPE, 8k vocabulary, from the shared files (reused if present)."""
     from lmforge.config import SourceConfig, TokenizerTrainConfig
-    from lmforge.data.tokenizer import train_tokenizer
+    from lmforge.data.stages.train_tokenizer import train_tokenizer
 
     out = WORK / "tokenizer"
     if not (out / "tokenizer.json").is_file():
@@ -266,7 +266,9 @@ LMFORGE_STAGES = {
 def run_lmforge(corpus: Path, tokenizer: Path, workers: int) -> Run:
     """run_prepare_pretrain on `corpus` with `workers` Ray workers, timed per stage."""
     from lmforge.config import PretrainDataConfig
-    from lmforge.data import dedup_dataset, pretrain, read_sources
+    from lmforge.data.stages import prepare_pretrain as pretrain
+    from lmforge.data.stages import source_records as read_sources
+    from lmforge.data.steps import dedup as dedup_dataset
 
     cfg = PretrainDataConfig.model_validate({
         "sources": [{"name": "corpus", "path": str(corpus)}],

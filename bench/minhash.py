@@ -17,7 +17,7 @@ from pathlib import Path
 
 from datasketch import MinHash
 
-from lmforge.data.dedup import MinHasher
+from lmforge.data.steps.minhash import MinHasher
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -78,7 +78,7 @@ def build_model() -> Path:
 
     from lmforge.config import ConvertConfig, SourceConfig, TokenizerTrainConfig
     from lmforge.convert.convert import run_convert
-    from lmforge.data.tokenizer import train_tokenizer
+    from lmforge.data.stages.train_tokenizer import train_tokenizer
 
     WORK.mkdir(parents=True, exist_ok=True)
     train_tokenizer(TokenizerTrainConfig(

@@ -30,14 +30,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lmforge.data.chat_render import IGNORE_INDEX, ChatRenderer, NothingToTrain, SampleTooLong
-from lmforge.data.conversation import Conversation
-from lmforge.data.readers import read_chunk
-from lmforge.data.sft_formats import detect_file_record_format, to_conversation
-from lmforge.data.sft_packing import pack_samples, utilisation
-from lmforge.data.survey import survey_file
-from lmforge.data.templates import RecordError
-from lmforge.data.tokenize import load_fast_tokenizer
+from lmforge.data.files.records import read_chunk
+from lmforge.data.files.survey import survey_file
+from lmforge.data.steps.row_packing import pack_samples, utilisation
+from lmforge.data.steps.tokenize import load_fast_tokenizer
+from lmforge.data.text.chat_render import IGNORE_INDEX, ChatRenderer, NothingToTrain, SampleTooLong
+from lmforge.data.text.conversation import Conversation
+from lmforge.data.text.sft_formats import detect_file_record_format, to_conversation
+from lmforge.data.text.templates import RecordError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -76,7 +76,7 @@ def read_conversations(sft_dir: Path) -> tuple[list[Conversation], list[dict], C
 def build_tokenizer() -> Path:
     """bench/work/sft_tokenizer: byte-level BPE, 8k vocabulary, from the shared pretraining files (reused)."""
     from lmforge.config import SourceConfig, TokenizerTrainConfig
-    from lmforge.data.tokenizer import train_tokenizer
+    from lmforge.data.stages.train_tokenizer import train_tokenizer
 
     out = WORK / "sft_tokenizer"
     if not (out / "tokenizer.json").is_file():

@@ -87,8 +87,8 @@ OURS = (("ZeRO-3", 3, False), ("ZeRO-2", 2, False), ("no ZeRO", 0, False), ("ZeR
 def prepare_data() -> Path:
     """bench/work/train_throughput/data: BLOCKS blocks of BLOCK_SIZE tokens (built once, then reused)."""
     from lmforge.config import PretrainDataConfig, SourceConfig, TokenizerTrainConfig
-    from lmforge.data.pretrain import run_prepare_pretrain
-    from lmforge.data.tokenizer import train_tokenizer
+    from lmforge.data.stages.prepare_pretrain import run_prepare_pretrain
+    from lmforge.data.stages.train_tokenizer import train_tokenizer
 
     tokenizer, data = WORK / "tokenizer", WORK / f"data-{BLOCK_SIZE}"
     sources = [SourceConfig(path=str(p)) for p in sorted((SHARED_DATA / "pretrain").iterdir())]

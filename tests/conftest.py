@@ -42,7 +42,7 @@ def ray_local():
 def tiny_tokenizer(tmp_path_factory, shared_data) -> Path:
     """A byte-level BPE tokenizer learned from the shared pretraining samples (no downloads here)."""
     from lmforge.config import SourceConfig, TokenizerTrainConfig
-    from lmforge.data.tokenizer import train_tokenizer
+    from lmforge.data.stages.train_tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     train_tokenizer(TokenizerTrainConfig(

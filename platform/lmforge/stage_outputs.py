@@ -22,7 +22,7 @@ Outputs = TypeVar("Outputs", bound=StrictModel)
 
 
 class TokenizerIdentity(StrictModel):
-    """lmforge.data.tokenizer.tokenizer_identity: which tokenizer the data was made with."""
+    """lmforge.data.stages.train_tokenizer.tokenizer_identity: which tokenizer the data was made with."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

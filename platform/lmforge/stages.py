@@ -72,11 +72,11 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("train-tokenizer", TokenizerTrainConfig, "lmforge.data.tokenizer:train_tokenizer",
+    Stage("train-tokenizer", TokenizerTrainConfig, "lmforge.data.stages.train_tokenizer:train_tokenizer",
           "Train a byte-level BPE tokenizer (for demos and tests without downloads).", out.TokenizerOutputs),
-    Stage("prepare-pretrain", PretrainDataConfig, "lmforge.data.pretrain:run_prepare_pretrain",
+    Stage("prepare-pretrain", PretrainDataConfig, "lmforge.data.stages.prepare_pretrain:run_prepare_pretrain",
           "Raw corpora -> cleaned, deduplicated, mixed, packed token blocks.", out.TokenBlocks),
-    Stage("prepare-sft", SFTDataConfig, "lmforge.data.sft:run_prepare_sft",
+    Stage("prepare-sft", SFTDataConfig, "lmforge.data.stages.prepare_sft:run_prepare_sft",
           "SFT datasets (alpaca, ShareGPT, ChatGLM3, ...) -> label-masked, packed samples.", out.SFTRows),
     Stage("pretrain", TrainConfig, "lmforge.train.run:run_pretrain",
           "Continued pretraining on prepared blocks: Ray Train + DeepSpeed ZeRO.", out.TrainingRun,

@@ -1,7 +1,7 @@
 """Helpers shared by the reader and survey tests."""
 
-from lmforge.data.readers import read_chunk
-from lmforge.data.survey import survey_file
+from lmforge.data.files.records import read_chunk
+from lmforge.data.files.survey import survey_file
 
 GBK_CSV = "sft/样例_内科5000-6000.csv"
 

@@ -9,8 +9,8 @@ import time
 import pytest
 from transformers import AutoTokenizer
 
-from lmforge.data.chat_render import ChatRenderer, NothingToTrain, SampleTooLong
-from lmforge.data.conversation import Conversation, Turn
+from lmforge.data.text.chat_render import ChatRenderer, NothingToTrain, SampleTooLong
+from lmforge.data.text.conversation import Conversation, Turn
 
 # A ChatML-like template in plain-text markers (the tiny tokenizer has no <|im_start|> tokens); like
 # ChatML it puts a newline after each turn's end-of-turn token.

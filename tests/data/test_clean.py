@@ -1,7 +1,7 @@
 """Cleaning normalises text; each quality filter names why it drops a document."""
 
 from lmforge.config import CleanConfig
-from lmforge.data.clean import char_repetition_ratio, clean_text, rejection_reason
+from lmforge.data.steps.clean import char_repetition_ratio, clean_text, rejection_reason
 
 
 def test_clean_text_removes_controls_and_collapses_whitespace():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasketch import MinHashLSH
 
-from lmforge.data.dedup import (
+from lmforge.data.steps.minhash import (
     MinHasher,
     band_buckets,
     collision_edges,
@@ -93,8 +93,9 @@ def test_signatures_are_identical_across_calls_and_batch_positions(paragraphs):
 
 def test_signatures_do_not_depend_on_batch_slicing(paragraphs, monkeypatch):
     whole = MinHasher().signatures(paragraphs[:40])
-    monkeypatch.setattr("lmforge.data.dedup._SLICE", 97)  # documents now straddle many slices
-    monkeypatch.setattr("lmforge.data.dedup._GROUP_CHARS", 500)  # and the batch is hashed in many groups
+    monkeypatch.setattr("lmforge.data.steps.minhash._SLICE", 97)  # documents now straddle many slices
+    # and the batch is hashed in many groups
+    monkeypatch.setattr("lmforge.data.steps.minhash._GROUP_CHARS", 500)
     assert np.array_equal(MinHasher().signatures(paragraphs[:40]), whole)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmforge.data.dialogue_markers import MARKER_PAIRS, dialogue_turns, split_marked_dialogue
+from lmforge.data.text.dialogue_markers import MARKER_PAIRS, dialogue_turns, split_marked_dialogue
 
 
 @pytest.mark.parametrize("user, assistant", MARKER_PAIRS)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lmforge.data.hashing import splitmix64, uniform
+from lmforge.data.steps.hashing import splitmix64, uniform
 
 
 def test_splitmix64_gives_the_reference_generators_outputs():

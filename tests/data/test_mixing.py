@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lmforge.config import ConfigError
-from lmforge.data.mixing import copies_per_document, mixture_factors, mixture_warnings
+from lmforge.data.steps.mixing import copies_per_document, mixture_factors, mixture_warnings
 
 
 def test_factors_give_each_source_its_weighted_share_of_tokens():

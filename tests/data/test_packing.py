@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmforge.data.packing import Piece, cut_group, stitch_fragments
+from lmforge.data.steps.block_packing import Piece, cut_group, stitch_fragments
 
 
 def _random_groups(seed: int, groups: int) -> list[list[np.ndarray]]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import ray.data
 
-from lmforge.data.plots import LENGTH_BIN_EDGES, length_histogram
+from lmforge.data.reports.plots import LENGTH_BIN_EDGES, length_histogram
 
 
 @pytest.mark.usefixtures("ray_local")

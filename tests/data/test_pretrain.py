@@ -11,8 +11,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from lmforge.config import ConfigError, PretrainDataConfig, SourceConfig, load_config
-from lmforge.data.clean import clean_text, rejection_reason
-from lmforge.data.pretrain import run_prepare_pretrain
+from lmforge.data.stages.prepare_pretrain import run_prepare_pretrain
+from lmforge.data.steps.clean import clean_text, rejection_reason
 from lmforge.manifest import Manifest
 
 CSV_NAME = "样例_内科5000-6000.csv"

@@ -8,7 +8,7 @@ import json
 
 from file_helpers import GBK_CSV, read_all, write
 
-from lmforge.data.survey import survey_file
+from lmforge.data.files.survey import survey_file
 
 # --- real sample data -------------------------------------------------------------------------------
 

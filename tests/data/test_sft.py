@@ -12,9 +12,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from lmforge.config import SFTDataConfig
-from lmforge.data.conversation import Conversation, Turn
-from lmforge.data.sft import SampleRenderer, run_prepare_sft
-from lmforge.data.sources import POSITION_BITS
+from lmforge.data.files.sources import POSITION_BITS
+from lmforge.data.stages.prepare_sft import SampleRenderer, run_prepare_sft
+from lmforge.data.text.conversation import Conversation, Turn
 
 SFT_FILES = {
     "medical": ["medical_sft_1K_format.jsonl"],

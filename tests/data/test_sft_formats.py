@@ -9,9 +9,9 @@ from functools import cache
 import pytest
 from file_helpers import GBK_CSV, read_all, write
 
-from lmforge.data.conversation import Conversation, Turn
-from lmforge.data.sft_formats import detect_file_record_format, detect_record_format, to_conversation
-from lmforge.data.templates import RecordError
+from lmforge.data.text.conversation import Conversation, Turn
+from lmforge.data.text.sft_formats import detect_file_record_format, detect_record_format, to_conversation
+from lmforge.data.text.templates import RecordError
 
 # Every file in shared/data/sft: its schema, record count, and the records rejected (reason -> count).
 SHARED_SFT_FILES = {
@@ -424,7 +424,9 @@ def test_record_whose_answers_all_have_loss_off_has_nothing_to_train():
 
 def test_prepare_sft_splits_a_marked_dialogue_by_default_and_keeps_it_whole_when_told_never():
     from lmforge.config import SFTSourceConfig
-    from lmforge.data.sft import _conversation_json  # the converter prepare-sft reads every record with
+    from lmforge.data.stages.prepare_sft import (
+        _conversation_json,  # the converter prepare-sft reads every record with
+    )
 
     record = {"instruction": "Human: 头痛\nAssistant: 休息一下\nHuman: 还疼", "output": "去医院。"}
     split = Conversation.from_json(

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lmforge.data.sft_packing import best_fit_decreasing, pack_samples, utilisation
+from lmforge.data.steps.row_packing import best_fit_decreasing, pack_samples, utilisation
 
 CAPACITY = 32
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lmforge.config import SourceConfig
-from lmforge.data.sources import (
+from lmforge.data.files.sources import (
     key_file_index,
     list_source_files,
     plan_chunks,

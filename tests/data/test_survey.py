@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from file_helpers import GBK_CSV, read_all, write
 
-from lmforge.data.readers import read_chunk
-from lmforge.data.survey import UnreadableFile, detect_encoding, infer_format, survey_file
+from lmforge.data.files.records import read_chunk
+from lmforge.data.files.survey import UnreadableFile, detect_encoding, infer_format, survey_file
 
 # --- real sample data -------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 import pytest
 
 from lmforge.config import SourceConfig
-from lmforge.data.templates import RecordError, render_text
+from lmforge.data.text.templates import RecordError, render_text
 
 
 def _source(**kwargs) -> SourceConfig:

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from lmforge.config import SourceConfig, TokenizerTrainConfig
-from lmforge.data.tokenizer import tokenizer_identity, train_tokenizer
+from lmforge.data.stages.train_tokenizer import tokenizer_identity, train_tokenizer
 from lmforge.manifest import Manifest
 
 

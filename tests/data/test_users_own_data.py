@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from lmforge.config import ConfigError, SFTDataConfig
-from lmforge.data.read_sources import EmptyOutput
-from lmforge.data.sft import resolve_record_formats, run_prepare_sft
-from lmforge.data.sources import list_source_files, survey_source_file
+from lmforge.data.files.sources import list_source_files, survey_source_file
+from lmforge.data.stages.prepare_sft import resolve_record_formats, run_prepare_sft
+from lmforge.data.stages.source_records import EmptyOutput
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE_TIMEOUT_S = 240  # a stage on a few records takes ~20-40 s here; a hang would wait forever
@@ -309,7 +309,7 @@ def test_prepare_pretrain_keeps_a_question_with_its_answer_and_reads_json_lines_
     tiny_tokenizer, tmp_path
 ):
     from lmforge.config import PretrainDataConfig
-    from lmforge.data.pretrain import run_prepare_pretrain
+    from lmforge.data.stages.prepare_pretrain import run_prepare_pretrain
 
     blocks = tmp_path / "qa_blocks.txt"
     blocks.write_text("".join(f"问：第{i}种病怎么预防？\n答：第{i}种病要勤洗手、戴口罩、多通风。\n\n\n"

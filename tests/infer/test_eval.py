@@ -229,7 +229,7 @@ def test_perplexity_equals_exp_of_the_mean_token_loss_computed_with_transformers
     import torch
     import transformers
 
-    from lmforge.data.sources import LocalSources
+    from lmforge.data.files.sources import LocalSources
 
     report = json.loads((eval_run[1] / "report.json").read_text())
     cfg = eval_run[2]

@@ -130,7 +130,7 @@ def test_the_qa_job_keeps_parsed_pairs_and_quarantines_the_rest_with_counts_that
 
 
 def test_the_synthetic_records_go_straight_into_prepare_sft(synth_run, tiny_tokenizer, tmp_path):
-    from lmforge.data.sft import run_prepare_sft
+    from lmforge.data.stages.prepare_sft import run_prepare_sft
 
     _, out = synth_run
     [record] = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]

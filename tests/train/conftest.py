@@ -20,7 +20,7 @@ def pretrain_data(
     tiny_tokenizer, shared_data, tmp_path_factory,
 ) -> Path:
     """fever.txt + c4_demo.jsonl in 128-token blocks, cut to ~400 blocks (enough for every run here)."""
-    from lmforge.data.pretrain import run_prepare_pretrain
+    from lmforge.data.stages.prepare_pretrain import run_prepare_pretrain
 
     out = tmp_path_factory.mktemp("pretrain-data")
     run_prepare_pretrain(
@@ -45,7 +45,7 @@ def sft_data(
     tiny_tokenizer, shared_data, tmp_path_factory,
 ) -> Path:
     """cognition_dev.json + alpaca_zh_demo.json, classic template, packed into 256-token rows."""
-    from lmforge.data.sft import run_prepare_sft
+    from lmforge.data.stages.prepare_sft import run_prepare_sft
 
     out = tmp_path_factory.mktemp("sft-data")
     run_prepare_sft(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmforge.config import ModelConfig
-from lmforge.data.sft_packing import pack_samples
+from lmforge.data.steps.row_packing import pack_samples
 from lmforge.train.batches import block_causal_mask, model_inputs, pretrain_batch, sft_batch
 from lmforge.train.model import TINY_CONFIGS, build_model
 

@@ -30,14 +30,14 @@ import ray.data
 from ray.data.expressions import col
 
 from lmforge.config.infer import BatchInferConfig
-from lmforge.data.accounting import drop_keys, write_quarantine
-from lmforge.data.sources import (
+from lmforge.data.files.sources import (
     PlannedChunk,
     list_source_files,
     plan_chunks,
     read_records,
     survey_source_file,
 )
+from lmforge.data.reports.counts import drop_keys, write_quarantine
 from lmforge.infer.engine import model_limits, run_requests, too_long_result
 from lmforge.infer.prompts import PromptTokenizer, prompt_record
 from lmforge.manifest import Manifest

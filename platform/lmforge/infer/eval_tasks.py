@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmforge.config.infer import MultipleChoiceTaskConfig, OpenQATaskConfig, PerplexityTaskConfig
-from lmforge.data.readers import read_chunk
-from lmforge.data.survey import survey_file
+from lmforge.data.files.records import read_chunk
+from lmforge.data.files.survey import survey_file
 from lmforge.infer.parsers import parse_choice
 
 LETTERS = ("A", "B", "C", "D")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.config.infer import EvalConfig, EvalModelConfig
-from lmforge.data.sources import LocalSources
+from lmforge.data.files.sources import LocalSources
 from lmforge.infer.engine import model_limits, run_request_list
 from lmforge.infer.eval_tasks import (
     judge_multiple_choice,

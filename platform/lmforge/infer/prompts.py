@@ -19,8 +19,8 @@ from typing import Any
 import pyarrow as pa
 
 from lmforge.config.infer import PromptSourceConfig
-from lmforge.data.sft_formats import detect_record_format, to_conversation
-from lmforge.data.templates import RecordError
+from lmforge.data.text.sft_formats import detect_record_format, to_conversation
+from lmforge.data.text.templates import RecordError
 
 
 def prompt_record(fields: dict, source: PromptSourceConfig) -> str:
@@ -52,7 +52,7 @@ class PromptTokenizer:
     """Ray Data callable class: a `messages` JSON column -> `prompt_ids` in the model's chat template."""
 
     def __init__(self, model_dir: str | Path):
-        from lmforge.data.tokenize import load_fast_tokenizer
+        from lmforge.data.steps.tokenize import load_fast_tokenizer
 
         self.tokenizer = load_fast_tokenizer(str(model_dir))
         if not isinstance(self.tokenizer.chat_template, str):

@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmforge.config.infer import SynthConfig
-from lmforge.data.sft_formats import detect_record_format, to_conversation
-from lmforge.data.sources import list_source_files, plan_chunks, read_records, survey_source_file
-from lmforge.data.templates import RecordError, render_text
+from lmforge.data.files.sources import list_source_files, plan_chunks, read_records, survey_source_file
+from lmforge.data.text.sft_formats import detect_record_format, to_conversation
+from lmforge.data.text.templates import RecordError, render_text
 from lmforge.infer.engine import model_limits, run_request_list
 from lmforge.infer.parsers import Unparsed, parse_dialogue, parse_qa_pairs
 from lmforge.infer.prompts import PromptTokenizer

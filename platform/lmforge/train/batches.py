@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lmforge.data.chat_render import IGNORE_INDEX
+from lmforge.data.text.chat_render import IGNORE_INDEX
 
 POSITION_ID_MODELS = ("llama", "qwen2")
 ALIBI_MODELS = ("bloom",)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
-from lmforge.data.hashing import splitmix64
+from lmforge.data.steps.hashing import splitmix64
 from lmforge.stage_outputs import SFTRows, read_prepared_data
 
 

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lmforge.data.conversation import Conversation
-from lmforge.data.tokenizer import CLASSIC_CHAT_TEMPLATE
+from lmforge.data.stages.train_tokenizer import CLASSIC_CHAT_TEMPLATE
+from lmforge.data.text.conversation import Conversation
 
 IGNORE_INDEX = -100  # the label of an untrained token (PyTorch cross-entropy's ignore_index)
 

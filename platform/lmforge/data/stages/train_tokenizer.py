@@ -14,8 +14,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmforge.config import TokenizerTrainConfig
-from lmforge.data.sources import LocalSources
-from lmforge.data.tokenize import load_fast_tokenizer
+from lmforge.data.files.sources import LocalSources
+from lmforge.data.steps.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
 from lmforge.stage_outputs import TokenizerOutputs
 

@@ -5,10 +5,10 @@
 
 The file's first block decides, before any chunk is cut, what the extension cannot: JSON array,
 JSON Lines or JSON objects back to back; JSON Lines in a .txt file; a document per line or per
-blank-line-separated paragraph (`lmforge.data.file_shape`). Chunks of text and JSONL files start at
+blank-line-separated paragraph (`lmforge.data.files.shape`). Chunks of text and JSONL files start at
 record boundaries, so reading a file as many chunks gives exactly the records of reading it as one.
 A file that cannot be read at all raises `UnreadableFile`. Turning a chunk into records is
-`lmforge.data.readers`.
+`lmforge.data.files.records`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmforge.data.file_shape import detect_shape
+from lmforge.data.files.shape import detect_shape
 
 FORMATS = ("text", "jsonl", "json", "parquet", "csv")  # what a config may name
 READ_FORMATS = (*FORMATS, "json_objects")  # what a survey may resolve a file to
@@ -241,7 +241,7 @@ def _parquet_chunks(path: str) -> tuple[FileChunk, ...]:
     return tuple(FileChunk(path, "parquet", "utf-8", group, group + 1, first) for group, first in groups)
 
 
-# --- also used by readers.py -------------------------------------------------------------------------
+# --- also used by records.py --------------------------------------------------------------------------
 
 
 def decode(raw: bytes, encoding: str) -> str | None:

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lmforge.data.chat_render import IGNORE_INDEX
+from lmforge.data.text.chat_render import IGNORE_INDEX
 
 
 class _RoomIndex:

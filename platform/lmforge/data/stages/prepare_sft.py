@@ -1,8 +1,8 @@
 """`lmforge prepare-sft`: SFT datasets in any common schema -> label-masked, packed training rows.
 
     survey files, detect each file's record schema -> read into conversations (a task per chunk)
-      -> dedup (exact + near, on dedup.key: the prompt by default)                  (read_sources.py)
-      -> drop conversations that a longer one continues                              (sft_dedup.py)
+      -> dedup (exact + near, on dedup.key: the prompt by default)                  (source_records.py)
+      -> drop conversations that a longer one continues                              (steps/conversation_dedup.py)
       -> render + label (tasks)
       -> mixture (repeat / sample per dataset) -> pack (best-fit decreasing, per group)
       -> rows-NNNNN.parquet + manifest.json + quarantine.jsonl + dedup_clusters.jsonl
@@ -28,20 +28,26 @@ from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
 from lmforge.config import ConfigError, SFTDataConfig
-from lmforge.data.accounting import drop_keys
-from lmforge.data.chat_render import IGNORE_INDEX, ChatRenderer, NothingToTrain, RenderedSample, SampleTooLong
-from lmforge.data.conversation import Conversation
-from lmforge.data.hashing import splitmix64
-from lmforge.data.mixing import mixture_factors, repeat_by_mixture
-from lmforge.data.plots import length_histogram, write_data_plots
-from lmforge.data.read_sources import read_sources
-from lmforge.data.readers import read_chunk
-from lmforge.data.sft_dedup import dedup_texts, find_prefix_conversations
-from lmforge.data.sft_formats import detect_file_record_format, detect_record_format, to_conversation
-from lmforge.data.sft_packing import pack_samples
-from lmforge.data.sources import SourceFile, list_source_files, read_records
-from lmforge.data.templates import RecordError
-from lmforge.data.tokenize import load_fast_tokenizer
+from lmforge.data.files.records import read_chunk
+from lmforge.data.files.sources import SourceFile, list_source_files, read_records
+from lmforge.data.reports.counts import drop_keys
+from lmforge.data.reports.plots import length_histogram, write_data_plots
+from lmforge.data.stages.source_records import read_sources
+from lmforge.data.steps.conversation_dedup import dedup_texts, find_prefix_conversations
+from lmforge.data.steps.hashing import splitmix64
+from lmforge.data.steps.mixing import mixture_factors, repeat_by_mixture
+from lmforge.data.steps.row_packing import pack_samples
+from lmforge.data.steps.tokenize import load_fast_tokenizer
+from lmforge.data.text.chat_render import (
+    IGNORE_INDEX,
+    ChatRenderer,
+    NothingToTrain,
+    RenderedSample,
+    SampleTooLong,
+)
+from lmforge.data.text.conversation import Conversation
+from lmforge.data.text.sft_formats import detect_file_record_format, detect_record_format, to_conversation
+from lmforge.data.text.templates import RecordError
 from lmforge.manifest import Manifest
 from lmforge.output_dir import staged_output_dir
 from lmforge.runtime import init_ray
@@ -158,7 +164,7 @@ def render_batch(batch: pa.Table, tokenizer_path: str, template: str, max_length
 
 @lru_cache(maxsize=2)
 def _sample_renderer(tokenizer_path: str, template: str, max_length: int) -> SampleRenderer:
-    # Tasks, not an actor pool (see lmforge.data.tokenize): Ray reuses the process, so this loads once.
+    # Tasks, not an actor pool (see lmforge.data.steps.tokenize): Ray reuses the process, so this loads once.
     return SampleRenderer(tokenizer_path, template, max_length)
 
 

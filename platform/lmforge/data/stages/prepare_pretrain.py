@@ -1,6 +1,6 @@
 """`lmforge prepare-pretrain`: raw corpora -> cleaned, deduplicated, mixed, packed token blocks.
 
-    survey files -> read + clean (a Ray task per file chunk) -> exact + near dedup   (read_sources.py)
+    survey files -> read + clean (a Ray task per file chunk) -> exact + near dedup   (source_records.py)
       -> tokenize (tasks) -> mixture (repeat / sample per source) -> pack -> Parquet shards
 
 Outputs in `output_dir`: `blocks-NNNNN.parquet` (block, input_ids, doc_lens), `manifest.json`,
@@ -25,14 +25,14 @@ import ray.data
 from ray.data.expressions import col
 
 from lmforge.config import CleanConfig, PretrainDataConfig
-from lmforge.data.accounting import drop_keys, per_source_totals
-from lmforge.data.clean import clean_text, rejection_reason
-from lmforge.data.mixing import mixture_factors, repeat_by_mixture
-from lmforge.data.packing import Piece, pack_group, pieces_to_table, stitch_fragments
-from lmforge.data.plots import length_histogram, write_data_plots
-from lmforge.data.read_sources import read_sources
-from lmforge.data.sources import PlannedChunk, list_source_files, read_records
-from lmforge.data.tokenize import TokenizerSpec, tokenize_batch
+from lmforge.data.files.sources import PlannedChunk, list_source_files, read_records
+from lmforge.data.reports.counts import drop_keys, per_source_totals
+from lmforge.data.reports.plots import length_histogram, write_data_plots
+from lmforge.data.stages.source_records import read_sources
+from lmforge.data.steps.block_packing import Piece, pack_group, pieces_to_table, stitch_fragments
+from lmforge.data.steps.clean import clean_text, rejection_reason
+from lmforge.data.steps.mixing import mixture_factors, repeat_by_mixture
+from lmforge.data.steps.tokenize import TokenizerSpec, tokenize_batch
 from lmforge.manifest import Manifest
 from lmforge.output_dir import staged_output_dir
 from lmforge.runtime import init_ray

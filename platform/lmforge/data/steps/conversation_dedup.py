@@ -22,8 +22,8 @@ import pyarrow as pa
 import ray.data
 import xxhash
 
-from lmforge.data.conversation import Conversation
-from lmforge.data.dedup import normalize_for_dedup
+from lmforge.data.steps.minhash import normalize_for_dedup
+from lmforge.data.text.conversation import Conversation
 
 DEDUP_KEYS = ("prompt", "first_turn", "conversation")
 

@@ -22,16 +22,7 @@ import ray.data
 from ray.data.expressions import col
 
 from lmforge.config import DataStageConfig
-from lmforge.data.accounting import (
-    reconcile_counts,
-    removed_by_source,
-    status_counts,
-    write_duplicate_sample,
-    write_quarantine,
-)
-from lmforge.data.dedup_dataset import DuplicateReport, find_duplicates
-from lmforge.data.mixing import mixture_warnings
-from lmforge.data.sources import (
+from lmforge.data.files.sources import (
     POSITION_BITS,
     PlannedChunk,
     SourceFile,
@@ -39,8 +30,17 @@ from lmforge.data.sources import (
     plan_chunks,
     survey_source_file,
 )
-from lmforge.data.survey import FileSurvey
-from lmforge.data.tokenizer import tokenizer_identity
+from lmforge.data.files.survey import FileSurvey
+from lmforge.data.reports.counts import (
+    reconcile_counts,
+    removed_by_source,
+    status_counts,
+    write_duplicate_sample,
+    write_quarantine,
+)
+from lmforge.data.stages.train_tokenizer import tokenizer_identity
+from lmforge.data.steps.dedup import DuplicateReport, find_duplicates
+from lmforge.data.steps.mixing import mixture_warnings
 from lmforge.manifest import Manifest
 from lmforge.stage_outputs import PreparedData
 
@@ -79,7 +79,7 @@ class SourceRecords:
 
     def counts(self, kept: dict, factors: dict[str, float], output: dict,
                filtered_later: dict[str, dict[str, int]] | None = None) -> dict:
-        """Per-source counts that reconcile (accounting.reconcile_counts). `filtered_later`: records the stage
+        """Per-source counts that reconcile (reports/counts.reconcile_counts). `filtered_later`: records the stage
         dropped after reading, {source: {"filtered:<why>": n}}; they move out of status ok."""
         source_of_file = [f.source.name for f in self.files]
         statuses = status_counts(self.docs, self.surveys, source_of_file)

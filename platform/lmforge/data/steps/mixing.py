@@ -16,7 +16,7 @@ import pyarrow as pa
 import ray.data
 
 from lmforge.config import ConfigError
-from lmforge.data.hashing import uniform
+from lmforge.data.steps.hashing import uniform
 
 # A source repeated more often than this, or cut below this, is worth a second look.
 REPEAT_WARNING, CUT_WARNING = 10.0, 0.5

@@ -1,6 +1,6 @@
 """Turn one chunk of an input file into raw records, with exact line numbers.
 
-The chunks come from `lmforge.data.survey`, so that big files can be read in parallel:
+The chunks come from `lmforge.data.files.survey`, so that big files can be read in parallel:
 
     survey = survey_file(path)             # one streaming pass: size, sha256, encoding, chunk boundaries
     for chunk in survey.chunks:            # each chunk can go to a different worker
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.data.survey import READ_FORMATS, FileChunk, check_choice, decode, open_binary, parquet_file
+from lmforge.data.files.survey import READ_FORMATS, FileChunk, check_choice, decode, open_binary, parquet_file
 
 _RAW_CHARS = 300
 _CSV_FIELD_LIMIT = 256 * 1024**2  # the csv module's default (128 KiB) is smaller than some real answers

@@ -1,4 +1,4 @@
-"""Every common SFT record schema into one `Conversation` (lmforge.data.conversation).
+"""Every common SFT record schema into one `Conversation` (lmforge.data.text.conversation).
 
     record_format = detect_file_record_format(path, first_fields)  # once per file, unless the config names it
     conversation = to_conversation(fields, record_format, source.fields, source.system,
@@ -17,7 +17,7 @@ Schemas; `field_map` renames any field, top-level or inside a turn ({"instructio
 
 An alpaca instruction (with its input) or a chatglm2 prompt may hold a whole dialogue written with
 role markers ("<user>: ...\n<bot>: ..."); `split_dialogue` turns it into turns before the answer
-(lmforge.data.dialogue_markers says when and how).
+(lmforge.data.text.dialogue_markers says when and how).
 
 Every conversation: an optional system prompt (only as the first turn), then a user turn; a tool turn
 follows an assistant turn (or another tool turn: parallel calls). Contents are stripped, and trailing
@@ -31,10 +31,10 @@ from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-from lmforge.data.conversation import Conversation, Turn
-from lmforge.data.dialogue_markers import SPLIT_MODES, dialogue_turns
-from lmforge.data.survey import check_choice
-from lmforge.data.templates import RecordError
+from lmforge.data.files.survey import check_choice
+from lmforge.data.text.conversation import Conversation, Turn
+from lmforge.data.text.dialogue_markers import SPLIT_MODES, dialogue_turns
+from lmforge.data.text.templates import RecordError
 
 RECORD_FORMATS = ("alpaca", "chatglm2", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import ConfigError, SFTSourceConfig, SourceConfig
-from lmforge.data.readers import read_chunk
-from lmforge.data.survey import FileChunk, FileSurvey, UnreadableFile, infer_format, survey_file
-from lmforge.data.templates import RecordError, render_text
+from lmforge.data.files.records import read_chunk
+from lmforge.data.files.survey import FileChunk, FileSurvey, UnreadableFile, infer_format, survey_file
+from lmforge.data.text.templates import RecordError, render_text
 
 POSITION_BITS = 40
 RAW_EXCERPT = 300

@@ -15,7 +15,7 @@ import pyarrow as pa
 import ray.data
 
 from lmforge.config import DedupConfig
-from lmforge.data.dedup import (
+from lmforge.data.steps.minhash import (
     DuplicateClusters,
     MinHasher,
     band_buckets,

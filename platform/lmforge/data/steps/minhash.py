@@ -18,7 +18,7 @@ from scipy import integrate
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from lmforge.data.hashing import mix64
+from lmforge.data.steps.hashing import mix64
 
 _U64 = np.uint64
 _POLY = _U64(0x100000001B3)  # FNV-64 prime; odd, so multiplying by it mod 2^64 loses no bits

@@ -16,9 +16,9 @@ from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
 from lmforge.config import BaseSourceConfig
-from lmforge.data.dedup import DuplicateClusters
-from lmforge.data.dedup_dataset import DuplicateReport
-from lmforge.data.sources import POSITION_BITS, SourceFile
+from lmforge.data.files.sources import POSITION_BITS, SourceFile
+from lmforge.data.steps.dedup import DuplicateReport
+from lmforge.data.steps.minhash import DuplicateClusters
 
 EXCERPT = 300
 

@@ -1,0 +1,1 @@
+"""What a data stage reports: counts that reconcile, quarantine, duplicate samples, pictures."""
