@@ -1,8 +1,8 @@
 """`lmforge prepare-sft`: SFT datasets in any common schema -> label-masked, packed training rows.
 
     survey files, detect each file's record schema -> read into conversations (a task per chunk)
-      -> dedup (exact + near, on dedup.key: the prompt by default)                  (source_records.py)
-      -> drop conversations that a longer one continues                              (steps/conversation_dedup.py)
+      -> dedup (exact + near, on dedup.key: the prompt by default)         (source_records.py)
+      -> drop conversations that a longer one continues                     (steps/conversation_dedup.py)
       -> render + label (tasks)
       -> mixture (repeat / sample per dataset) -> pack (best-fit decreasing, per group)
       -> rows-NNNNN.parquet + manifest.json + quarantine.jsonl + dedup_clusters.jsonl

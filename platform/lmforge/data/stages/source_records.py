@@ -79,8 +79,8 @@ class SourceRecords:
 
     def counts(self, kept: dict, factors: dict[str, float], output: dict,
                filtered_later: dict[str, dict[str, int]] | None = None) -> dict:
-        """Per-source counts that reconcile (reports/counts.reconcile_counts). `filtered_later`: records the stage
-        dropped after reading, {source: {"filtered:<why>": n}}; they move out of status ok."""
+        """Per-source counts that reconcile (reports/counts.reconcile_counts). `filtered_later`: records the
+        stage dropped after reading, {source: {"filtered:<why>": n}}; they move out of status ok."""
         source_of_file = [f.source.name for f in self.files]
         statuses = status_counts(self.docs, self.surveys, source_of_file)
         for name, filtered in (filtered_later or {}).items():
