@@ -32,7 +32,9 @@ import shutil
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from lmforge import REPO_DIR
+
+REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "work" / "batch_infer"
 RESULTS = REPO / "bench" / "results" / "batch_infer.txt"

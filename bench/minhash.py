@@ -17,9 +17,10 @@ from pathlib import Path
 
 from datasketch import MinHash
 
+from lmforge import REPO_DIR
 from lmforge.data.steps.minhash import MinHasher
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 TARGET_BYTES = 5_000_000
 BATCH = 1000

@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from lmforge import REPO_DIR
+
+REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 
 
 def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from lmforge import REPO_DIR
 from lmforge.config import load_config
 from lmforge.stages import STAGES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 # file name prefix -> stage; the longest matching prefix wins (pretrain_data before pretrain)
 STAGE_OF_PREFIX = {

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from lmforge import REPO_DIR
+
+REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 LINT_IMPORTS = "from importlinter.cli import lint_imports_command; lint_imports_command()"
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from lmforge import REPO_DIR
 from lmforge.config import ConfigError, PipelineConfig, load_config
 from lmforge.fingerprint import FINGERPRINT_NAME
 from lmforge.pipeline import prepare_rerun, resolve_stages, run_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 STAGES = ("train-tokenizer", "prepare-pretrain", "prepare-sft")
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from checkpoint_helpers import QA
 
+from lmforge import REPO_DIR
 from lmforge.convert.generate import stream_hf
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 
 
 def _generate(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:

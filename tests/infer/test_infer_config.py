@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from lmforge import REPO_DIR
 from lmforge.config import BatchInferConfig, ConfigError, EngineConfig, EvalConfig, SynthConfig, load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 
 
 def test_engine_min_above_max_is_refused():

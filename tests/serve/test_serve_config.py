@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lmforge import REPO_DIR
 from lmforge.config import ConfigError, ServeConfig, load_config
 from lmforge.serve.run import CONFIG_ENV, write_deploy_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 
 
 def test_demo_config_loads_with_cpu_defaults():
