@@ -1,5 +1,6 @@
-"""A vLLM replica killed (SIGKILL) mid-answer: every stream in flight ends in an error, never a hang or a
-silently short answer; Serve starts a new replica, /health says so, and the next request is answered.
+"""A vLLM replica killed (SIGKILL) mid-answer: every stream in flight ends in an error (one whose every
+token had left before the kill landed is whole), never a hang or a silently short answer; Serve starts
+a new replica, /health says so, and the next request is answered.
 
 Runs after the other serve tests (marker kills_replica): the app is down while the replica restarts.
 """
@@ -18,6 +19,7 @@ import pytest
 from served_app import ANSWER, KEY, MODEL, QUESTION, ask
 
 STREAMS = 8
+MAX_TOKENS = 64
 # an upper bound on every request: a bug here fails the test instead of hanging the suite
 CLIENT_TIMEOUT_S = 60
 RESTART_DEADLINE_S = 420  # a replica takes 45-130 s to start on 2 idle cores, far longer on a loaded machine
@@ -34,18 +36,20 @@ def _replica_pid() -> int | None:
 
 
 async def _streams_with_kill(api_url: str, pid: int) -> list:
-    """STREAMS greedy streams of 64 tokens (ignore_eos); SIGKILL the replica when the first piece arrives."""
+    """STREAMS greedy streams of MAX_TOKENS (ignore_eos); SIGKILL the replica when the first piece arrives."""
     first_piece = asyncio.Event()
 
-    async def stream_one(aclient: openai.AsyncOpenAI) -> str:
+    async def stream_one(aclient: openai.AsyncOpenAI) -> int | None:
+        """The number of tokens the stream said it generated (its usage chunk), if it ended without error."""
         stream = await aclient.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=64,
-            stream=True, extra_body={"ignore_eos": True})
-        text = ""
+            model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0,
+            max_tokens=MAX_TOKENS, stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True})
+        generated = None
         async for chunk in stream:
             first_piece.set()
-            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
-        return text
+            generated = chunk.usage.completion_tokens if chunk.usage else generated
+        return generated
 
     async def kill_on_first_piece():
         await first_piece.wait()
@@ -94,10 +98,13 @@ def test_killed_replica_fails_the_streams_in_flight_then_serve_restarts_it(api_u
     results = asyncio.run(_streams_with_kill(api_url, pid))
     print(f"\n{STREAMS} streams ended {time.monotonic() - started:.1f} s after they started: "
           f"{[type(r).__name__ + ': ' + str(r)[:80] for r in results]}")
-    for result in results:  # the stream that was answering: an error event; those still waiting: 503
-        assert isinstance(result, openai.APIError), f"a stream ended without an error: {result!r}"
+    # A stream whose every token left before the kill landed is whole, not silently short.
+    errors = [result for result in results if isinstance(result, BaseException)]
+    assert all(result == MAX_TOKENS for result in results if not isinstance(result, BaseException)), results
+    for result in errors:  # the streams that were answering: an error event; those still waiting: 503
+        assert isinstance(result, openai.APIError), f"not an API error: {result!r}"
         assert "The model replica failed" in result.message, f"not the replica's failure: {result!r}"
-    assert any("while generating" in result.message for result in results), "no stream failed midway"
+    assert any("while generating" in result.message for result in errors), "no stream failed midway"
 
     deadline = time.monotonic() + 30
     while _running(engine_processes) and time.monotonic() < deadline:
