@@ -2,7 +2,7 @@
 written and read through the same class.
 
     TokenBlocks(...).model_dump(by_alias=True) -> manifest.json "outputs"            (prepare-pretrain)
-    read_prepared_data("runs/demo/sft_data").sequence_length                           (pretrain / sft, plan)
+    outputs_of(manifest, STAGES[manifest.stage].outputs, directory)                  (the next stage)
 
 A manifest written by an older lmforge whose outputs no longer fit fails with a message naming the stage
 to rerun, instead of a KeyError deep in training.
@@ -142,21 +142,6 @@ class EvalReport(StrictModel):
     predictions: str | None
     open_qa: str | None
     tasks: Any
-
-
-PREPARED_DATA: dict[str, type[TokenBlocks | SFTRows]] = {
-    "prepare-pretrain": TokenBlocks, "prepare-sft": SFTRows
-}
-
-
-def read_prepared_data(directory: str | Path) -> TokenBlocks | SFTRows:
-    """The outputs of the prepare-pretrain or prepare-sft run in `directory`;
-    ValueError says what to rerun."""
-    manifest = Manifest.read(directory)
-    model = PREPARED_DATA.get(manifest.stage)
-    if model is None:
-        raise ValueError(f"data.dir {directory}: holds {manifest.stage} output, not prepared training data")
-    return outputs_of(manifest, model, directory)
 
 
 def outputs_of(manifest: Manifest, model: type[Outputs], directory: str | Path) -> Outputs:

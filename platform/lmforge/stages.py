@@ -5,7 +5,7 @@ and the configuration reference know about a stage, and nothing else does.
     cfg = load_config(stage.config, "configs/demo/sft_data.yaml")
     manifest = stage.function()(cfg)          # run_prepare_sft, imported only now (Ray, torch are slow)
     stage.output_dir(cfg)                     # where its manifest.json lands (None: it leaves none)
-    Manifest.read(dir).typed(stage.outputs)   # its outputs as a model, for the stages that read them
+    outputs_of(Manifest.read(d), stage.outputs, d)  # its outputs as a model, for the next stage
 
 Adding a stage: its config model (lmforge/config/), its run function `run_<stage>(cfg) -> Manifest`, its
 outputs model (lmforge/stage_outputs.py), a row here, `jobs/<stage>.py`, a test module (DEVELOPING.md).

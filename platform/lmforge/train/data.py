@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import ray.data
 
 from lmforge.data.steps.hashing import splitmix64
-from lmforge.stage_outputs import SFTRows, read_prepared_data
+from lmforge.manifest import Manifest
+from lmforge.stage_outputs import PreparedData, SFTRows, TokenBlocks, outputs_of
+from lmforge.stages import STAGES
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,15 @@ class TrainData:
     @property
     def row_id(self) -> str:
         return "block" if self.kind == "pretrain" else "row"
+
+
+def read_prepared_data(directory: str | Path) -> TokenBlocks | SFTRows:
+    """The outputs of the prepare-pretrain or prepare-sft run in `directory`; ValueError: what to rerun."""
+    manifest = Manifest.read(directory)
+    stage = STAGES.get(manifest.stage)
+    if stage is None or stage.outputs is None or not issubclass(stage.outputs, PreparedData):
+        raise ValueError(f"data.dir {directory}: holds {manifest.stage} output, not prepared training data")
+    return outputs_of(manifest, stage.outputs, directory)
 
 
 def load_train_data(directory: str) -> TrainData:

@@ -42,7 +42,8 @@ from pathlib import Path
 
 from lmforge.config import TrainConfig
 from lmforge.manifest import MANIFEST_NAME
-from lmforge.stage_outputs import TokenBlocks, read_prepared_data
+from lmforge.stage_outputs import TokenBlocks
+from lmforge.train.data import read_prepared_data
 
 GIB = 2**30
 USABLE_GPU_FRACTION = 0.9
