@@ -153,8 +153,12 @@ class DedupConfig(StrictModel):
     )
 
 
+SFTDedupKey = Literal["prompt", "first_turn", "conversation"]
+SplitDialogue = Literal["auto", "always", "never"]
+
+
 class SFTDedupConfig(DedupConfig):
-    key: Literal["prompt", "first_turn", "conversation"] = Field(
+    key: SFTDedupKey = Field(
         "prompt",
         description="What two samples must share to be duplicates: "
         "prompt (system + tools + every user turn), first_turn (the first user turn only), "
@@ -237,7 +241,7 @@ class SFTSourceConfig(BaseSourceConfig):
         "e.g. {instruction: prompt, output: answer}.",
     )
     system: str | None = Field(None, description="System prompt for records that carry none.")
-    split_dialogue: Literal["auto", "always", "never"] = Field(
+    split_dialogue: SplitDialogue = Field(
         "auto",
         description="An alpaca instruction or chatglm2 prompt written as a dialogue with role markers "
         "(`<user>:` `<bot>:`, `患者:` `医生:`, `Human:` `Assistant:`, `用户:` `助手:`, `User:` `Assistant:`) "

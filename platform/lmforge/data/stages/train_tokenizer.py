@@ -17,7 +17,7 @@ from lmforge.config import TokenizerTrainConfig
 from lmforge.data.files.sources import LocalSources
 from lmforge.data.steps.tokenize import load_fast_tokenizer
 from lmforge.manifest import Manifest
-from lmforge.stage_outputs import TokenizerOutputs
+from lmforge.stage_outputs import TokenizerIdentity, TokenizerOutputs
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +96,20 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Manifest:
 
 
 def tokenizer_identity(path: str | Path) -> dict:
-    """What identifies a tokenizer in a manifest: its path, vocabulary, special ids, file hash."""
+    """What identifies a tokenizer in a manifest (stage_outputs.TokenizerIdentity, as the manifest's JSON):
+    its path, vocabulary, special ids, file hash."""
     tokenizer = load_fast_tokenizer(str(path))
     tokenizer_json = Path(path) / "tokenizer.json"
     digest = hashlib.sha256(tokenizer_json.read_bytes()).hexdigest() if tokenizer_json.is_file() else None
-    return {
-        "path": str(Path(path).resolve()),
-        "class": type(tokenizer).__name__,
-        "vocab_size": len(tokenizer),
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "tokenizer_json_sha256": digest,
-    }
+    return TokenizerIdentity(
+        path=str(Path(path).resolve()),
+        tokenizer_class=type(tokenizer).__name__,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tokenizer_json_sha256=digest,
+    ).model_dump(by_alias=True)
 
 
 class _Counter:

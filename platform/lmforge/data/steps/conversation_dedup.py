@@ -25,11 +25,9 @@ import xxhash
 from lmforge.data.steps.minhash import normalize_for_dedup
 from lmforge.data.text.conversation import Conversation
 
-DEDUP_KEYS = ("prompt", "first_turn", "conversation")
-
 
 def dedup_text(conversation: Conversation, key: str) -> str:
-    """The text dedup compares for `conversation` under `key` (one of DEDUP_KEYS)."""
+    """The text dedup compares for `conversation` under `key` (SFTDedupConfig.key)."""
     if key == "first_turn":
         return conversation.first_user_turn
     turns = (

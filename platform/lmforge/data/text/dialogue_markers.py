@@ -23,6 +23,9 @@ Where the split prompt ends decides where the answer goes:
 from __future__ import annotations
 
 import re
+from typing import get_args
+
+from lmforge.config.data import SplitDialogue
 
 MARKER_PAIRS = (
     ("<user>", "<bot>"),
@@ -31,7 +34,7 @@ MARKER_PAIRS = (
     ("用户", "助手"),
     ("User", "Assistant"),
 )
-SPLIT_MODES = ("auto", "always", "never")
+SPLIT_MODES = get_args(SplitDialogue)
 
 _MARKERS = [  # per pair: either marker at a line start; the group "user" says which one matched
     re.compile(rf"^[ \t]*(?:(?P<user>{re.escape(user)})|{re.escape(assistant)})[ \t]*[:：]",

@@ -29,14 +29,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import Any, get_args
 
+from lmforge.config.data import SFTRecordFormat
 from lmforge.data.files.survey import check_choice
 from lmforge.data.text.conversation import Conversation, Turn
 from lmforge.data.text.dialogue_markers import SPLIT_MODES, dialogue_turns
 from lmforge.data.text.templates import RecordError
 
-RECORD_FORMATS = ("alpaca", "chatglm2", "sharegpt", "chatglm3", "openai", "advertisegen", "medical_csv", "qa")
+RECORD_FORMATS = tuple(name for name in get_args(SFTRecordFormat) if name != "auto")  # the config's
 
 QA_FIELDS = {"question": ("question", "q", "问"), "answer": ("answer", "a", "答")}
 SHAREGPT_ROLES = {
