@@ -32,9 +32,8 @@ import shutil
 import time
 from pathlib import Path
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "work" / "batch_infer"
 RESULTS = REPO / "bench" / "results" / "batch_infer.txt"

@@ -49,9 +49,8 @@ from pathlib import Path
 
 import psutil
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "work"
 RESULTS = REPO / "bench" / "results" / "data_pipeline.md"

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from datasketch import MinHash
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.data.steps.minhash import MinHasher
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 TARGET_BYTES = 5_000_000
 BATCH = 1000

@@ -41,9 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "work" / "serve_throughput"
 RESULTS = REPO / "bench" / "results" / "serve_throughput.txt"

@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.data.files.records import read_chunk
 from lmforge.data.files.survey import survey_file
 from lmforge.data.steps.row_packing import pack_samples, utilisation
@@ -40,7 +40,6 @@ from lmforge.data.text.conversation import Conversation
 from lmforge.data.text.sft_formats import detect_file_record_format, to_conversation
 from lmforge.data.text.templates import RecordError
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "work"
 RESULTS = REPO / "bench" / "results" / "sft_packing.md"

@@ -55,12 +55,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.config import ModelConfig
 from lmforge.train.batches import model_inputs, pretrain_batch
 from lmforge.train.model import build_model, flops_per_token, model_config
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 SHARED_DATA = Path(os.environ.get("LMFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "work" / "train_throughput"
 RESULTS = REPO / "bench" / "results" / "train_throughput.txt"

@@ -5,9 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lmforge import REPO_DIR
-
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
+from lmforge import REPO_DIR as REPO  # the checkout
 
 
 def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

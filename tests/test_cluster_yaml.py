@@ -11,9 +11,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from lmforge import REPO_DIR
-
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
+from lmforge import REPO_DIR as REPO  # the checkout
 
 
 def _load(name: str) -> dict:

@@ -1,12 +1,11 @@
 """docs/configuration.md is generated from the config models and must match them."""
 
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.config import ServeConfig, TrainConfig, describe_fields
 from lmforge.stage_reference import render_reference
 from lmforge.stages import STAGES
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 REFERENCE = REPO / "docs" / "configuration.md"
 
 

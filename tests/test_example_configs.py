@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.config import load_config
 from lmforge.stages import STAGES
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 # file name prefix -> stage; the longest matching prefix wins (pretrain_data before pretrain)
 STAGE_OF_PREFIX = {

@@ -10,9 +10,7 @@ import sys
 import pytest
 from ray_head import RayHead
 
-from lmforge import REPO_DIR
-
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
+from lmforge import REPO_DIR as REPO  # the checkout
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 LINT_IMPORTS = "from importlinter.cli import lint_imports_command; lint_imports_command()"
 
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.config import ConfigError, PipelineConfig, load_config
 from lmforge.fingerprint import FINGERPRINT_NAME
 from lmforge.pipeline import prepare_rerun, resolve_stages, run_pipeline
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 STAGES = ("train-tokenizer", "prepare-pretrain", "prepare-sft")
 
 

@@ -8,10 +8,8 @@ import time
 
 from checkpoint_helpers import QA
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.convert.generate import stream_hf
-
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 
 
 def _generate(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:

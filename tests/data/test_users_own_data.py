@@ -16,13 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmforge import REPO_DIR
 from lmforge.config import ConfigError, SFTDataConfig
 from lmforge.data.files.sources import list_source_files, survey_source_file
 from lmforge.data.stages.prepare_sft import resolve_record_formats, run_prepare_sft
 from lmforge.data.stages.source_records import EmptyOutput
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 STAGE_TIMEOUT_S = 240  # a stage on a few records takes ~20-40 s here; a hang would wait forever
 
 

@@ -7,10 +7,8 @@ import sys
 
 import pytest
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.config import BatchInferConfig, ConfigError, EngineConfig, EvalConfig, SynthConfig, load_config
-
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 
 
 def test_engine_min_above_max_is_refused():

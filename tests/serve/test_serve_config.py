@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.config import ConfigError, ServeConfig, load_config
 from lmforge.serve.run import CONFIG_ENV, write_deploy_config
-
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 
 
 def test_demo_config_loads_with_cpu_defaults():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
-from lmforge import REPO_DIR
+from lmforge import REPO_DIR as REPO  # the checkout
 from lmforge.config import TrainConfig, load_config
 from lmforge.train.plan import (
     OFFLOAD_CHOICES,
@@ -21,7 +21,6 @@ from lmforge.train.plan import (
     sequence_and_vocab,
 )
 
-REPO = REPO_DIR  # the checkout: lmforge.REPO_DIR is its one definition
 LLAMA_7B_CONFIG = ("{hidden_size: 4096, intermediate_size: 11008, num_hidden_layers: 32, "
                    "num_attention_heads: 32, num_key_value_heads: 32, vocab_size: 32000}")
 LLAMA_7B = ("model.architecture=llama", f"model.config={LLAMA_7B_CONFIG}")

@@ -32,6 +32,7 @@ from ray.data.expressions import col
 from lmforge.config.infer import BatchInferConfig
 from lmforge.data.files.sources import (
     PlannedChunk,
+    input_record,
     list_source_files,
     plan_chunks,
     read_records,
@@ -91,9 +92,7 @@ def run_batch_infer(cfg: BatchInferConfig) -> Manifest:
     manifest = Manifest(
         stage="batch-infer",
         config=cfg.model_dump(),
-        inputs=[{"source": f.source.name, "path": str(Path(f.path).resolve())}
-                | ({"error": s} if isinstance(s, str) else {"size": s.size, "sha256": s.sha256})
-                for f, s in zip(files, surveys, strict=True)]
+        inputs=[input_record(f, s) for f, s in zip(files, surveys, strict=True)]
         + [{"model_dir": str(Path(cfg.model_dir).resolve())}],
         outputs=BatchAnswers(
             dir=str(out.resolve()), data="data/", format=cfg.output_format, run=run,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lmforge.config import ConfigError, SFTSourceConfig, SourceConfig
 from lmforge.data.files.records import read_chunk
 from lmforge.data.files.survey import FileChunk, FileSurvey, UnreadableFile, infer_format, survey_file
@@ -49,7 +51,8 @@ def record_key(file_index: int, position: int) -> int:
     return (file_index << POSITION_BITS) | position
 
 
-def key_file_index(key: int) -> int:
+def key_file_index(key: int | np.ndarray) -> int | np.ndarray:
+    """The index of the file a record key (or an array of keys) came from."""
     return key >> POSITION_BITS
 
 

@@ -16,7 +16,7 @@ from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
 from lmforge.config import BaseSourceConfig
-from lmforge.data.files.sources import POSITION_BITS, SourceFile
+from lmforge.data.files.sources import SourceFile, key_file_index
 from lmforge.data.steps.dedup import DuplicateReport
 from lmforge.data.steps.minhash import DuplicateClusters
 
@@ -38,17 +38,8 @@ def write_quarantine(docs: ray.data.Dataset, files: list[SourceFile], surveys: l
         )
         if bad.count():
             for row in bad.sort("key").iter_rows():
-                sink.write(
-                    _json(
-                        {
-                            "source": row["source"],
-                            "file": files[row["key"] >> POSITION_BITS].path,
-                            "line": row["line"],
-                            "reason": row["reason"],
-                            "raw": row["raw"],
-                        }
-                    )
-                )
+                sink.write(_json({"source": row["source"], "file": files[key_file_index(row["key"])].path,
+                                  "line": row["line"], "reason": row["reason"], "raw": row["raw"]}))
                 written += 1
     return written
 
@@ -70,7 +61,7 @@ def write_duplicate_sample(docs: ray.data.Dataset, clusters: DuplicateClusters, 
         row = rows.get(key, {})
         return {
             "source": row.get("source"),
-            "file": files[key >> POSITION_BITS].path,
+            "file": files[key_file_index(key)].path,
             "line": row.get("line"),
             "text": (row.get("text") or "")[:EXCERPT],
         }
@@ -166,7 +157,7 @@ def removed_by_source(duplicates: DuplicateReport, source_of_file: list[str]) ->
     counts: dict[str, dict[str, int]] = {}
     for kind, keys in (("exact_duplicates", removed[exact]), ("near_duplicates", removed[near]),
                        ("prefix_duplicates", removed[prefix])):
-        sources, n = np.unique(names[keys >> POSITION_BITS], return_counts=True) if keys.size else ([], [])
+        sources, n = np.unique(names[key_file_index(keys)], return_counts=True) if keys.size else ([], [])
         for name, count in zip(sources, n, strict=True):
             counts.setdefault(name, {})[kind] = int(count)
     return counts

@@ -23,10 +23,10 @@ from ray.data.expressions import col
 
 from lmforge.config import DataStageConfig
 from lmforge.data.files.sources import (
-    POSITION_BITS,
     PlannedChunk,
     SourceFile,
     input_record,
+    key_file_index,
     plan_chunks,
     survey_source_file,
 )
@@ -109,7 +109,7 @@ class SourceRecords:
                 f"mixture factor {row['mix_factor']}, output {row['output_documents']}"
             )
         bad = self.docs.filter(expr=col("status") == "quarantined").take(3)
-        lines += [f"  quarantined: {self.files[row['key'] >> POSITION_BITS].path} line {row['line']}: "
+        lines += [f"  quarantined: {self.files[key_file_index(row['key'])].path} line {row['line']}: "
                   f"{row['reason']}" for row in bad]
         raise EmptyOutput("\n".join(lines))
 
