@@ -155,15 +155,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def user_error_message(exc: BaseException) -> str | None:
-    """The message of a bad input or config, unwrapped from Ray's task errors;
-    None for anything else (a bug)."""
-    from ray.exceptions import RayError, RayTaskError
+    """The message of a bad input or config, also when a Ray task raised it; None for anything else (a bug).
 
-    while isinstance(exc, RayError):  # a task's error arrives wrapped, its traceback in the message
-        inner = exc.cause if isinstance(exc, RayTaskError) else exc.__cause__
-        if not isinstance(inner, BaseException):
-            return None
-        exc = inner
+    A Ray Data UDF's error arrives as a UserCodeException without the original: it keeps its traceback,
+    which is why the data stages quarantine bad records instead of raising in a UDF."""
+    from ray.exceptions import RayTaskError
+
+    while isinstance(exc, RayTaskError):  # a task's error, its remote traceback in the message
+        exc = exc.cause
     return str(exc) if isinstance(exc, _USER_ERRORS) else None
 
 

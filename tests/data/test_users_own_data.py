@@ -239,6 +239,25 @@ def test_prepare_pretrain_finishes_on_a_small_ray(tiny_tokenizer, shared_data, t
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["outputs"]["blocks"] > 0
 
 
+@pytest.mark.usefixtures("ray_local")
+def test_a_user_error_raised_in_a_ray_task_prints_as_its_own_message_and_a_bug_keeps_its_traceback():
+    import ray
+    import ray.data
+
+    from lmforge.cli import user_error_message
+
+    def bad_input(*_):
+        raise ValueError("data.json line 3: missing field 'output'")
+
+    with pytest.raises(ValueError) as error:
+        ray.get(ray.remote(bad_input).remote())
+    assert user_error_message(error.value) == "data.json line 3: missing field 'output'"
+    with pytest.raises(Exception) as error:  # Ray Data does not keep the original: shown whole
+        ray.data.range(2).map_batches(bad_input).materialize()
+    assert user_error_message(error.value) is None
+    assert user_error_message(RuntimeError("a bug")) is None
+
+
 def test_a_bad_record_format_reaches_the_user_as_one_clean_message(
     tiny_tokenizer, files_of_every_format, tmp_path
 ):
