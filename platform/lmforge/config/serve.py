@@ -64,6 +64,13 @@ class ServeConfig(StrictModel):
     health_timeout_s: float = Field(
         5.0, gt=0, description="GET /health answers 503 if Serve's controller is slower."
     )
+    no_replica_timeout_s: float = Field(
+        10.0, gt=0,
+        description="A request still without its first token after this long gets 503 (retry it) if its "
+        "model has no RUNNING replica (as GET /health reports) instead of waiting in Serve's queue for a "
+        "restart (minutes); with a RUNNING replica it keeps waiting, checked again as often. With "
+        "autoscaling.min_replicas 0, set it above a replica's start time.",
+    )
     env: dict[str, str] = Field(
         default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
         description="Environment of the replicas (VLLM_CPU_KVCACHE_SPACE in GiB: else vLLM takes most of "

@@ -54,4 +54,5 @@ def build_app(cfg: ServeConfig) -> Application:
         max_tokens_limit=cfg.max_tokens_limit,
         tokenizer_dir=str(Path(cfg.model_dir).resolve()),
         health_timeout_s=cfg.health_timeout_s,
+        no_replica_timeout_s=cfg.no_replica_timeout_s,
     )

@@ -6,7 +6,10 @@ exposes only /v1/models, /v1/models/{id}, /v1/completions and /v1/chat/completio
 `max_prompt_tokens` or a `max_tokens` over `max_tokens_limit` gets 400. Neither reaches the vLLM
 replica. A request without `max_tokens` gets `max_tokens_limit` (vLLM's default would be the rest
 of the context). A stream whose replica fails midway ends with an OpenAI error event (the openai
-client raises APIError) instead of stopping silently as if the answer were complete.
+client raises APIError) instead of stopping silently as if the answer were complete. A request still
+unanswered while its model has no RUNNING replica gets 503 after `no_replica_timeout_s`: Serve's
+router would hold it until a new replica has started (ray/serve/_private/router.py:
+`route_and_send_request` retries a request whose replica died before accepting it, and waits).
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ def openai_error(status: int, message: str, kind: str) -> JSONResponse:
 class GuardedIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, lora_paths=None, api_keys: list[str] = (),
                  max_prompt_tokens: int | None = None, max_tokens_limit: int | None = None,
-                 tokenizer_dir: str | None = None, health_timeout_s: float = 5.0):
+                 tokenizer_dir: str | None = None, health_timeout_s: float = 5.0,
+                 no_replica_timeout_s: float = 10.0):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         self._health_timeout_s = health_timeout_s
+        self._no_replica_timeout_s = no_replica_timeout_s
         self._api_keys = [key.encode() for key in api_keys]
         self._max_prompt_tokens = max_prompt_tokens
         self._max_tokens_limit = max_tokens_limit
@@ -62,11 +67,11 @@ class GuardedIngress(OpenAiIngress):
 
     async def completions(self, body: CompletionRequest, request: Request):
         rejected = self._unauthorized(request) or self._apply_limits(body, self._prompt_tokens(body.prompt))
-        return rejected or await _engine_response(super().completions(body, request))
+        return rejected or await self._engine_response(super().completions(body, request))
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
         rejected = self._unauthorized(request) or self._apply_limits(body, self._chat_tokens(body.messages))
-        return rejected or await _engine_response(super().chat(body, request))
+        return rejected or await self._engine_response(super().chat(body, request))
 
     async def health(self) -> JSONResponse:
         """GET /health, open (load balancers carry no key): 200 when every model has a RUNNING replica,
@@ -77,15 +82,49 @@ class GuardedIngress(OpenAiIngress):
         replica a request: a replica busy with max_ongoing_requests is healthy, not down.
         """
         try:
-            status = await asyncio.wait_for(asyncio.to_thread(serve.status), self._health_timeout_s)
+            models = await self._models_health()
         except Exception as exc:  # noqa: BLE001 - a controller we cannot reach vouches for nothing
             return JSONResponse(status_code=503, content={"status": "unavailable",
                                                           "error": f"Serve status unavailable: {exc!r}"})
-        models = {model_id: _deployment_health(status, handle)
-                  for model_id, handle in self._default_serve_handles.items()}
         ready = all(model["ready"] for model in models.values())
         return JSONResponse(status_code=200 if ready else 503,
                             content={"status": "ok" if ready else "unavailable", "models": models})
+
+    async def _models_health(self) -> dict[str, dict]:
+        """Each model's replica states as Serve's controller reports them; raises if it takes longer than
+        health_timeout_s."""
+        status = await asyncio.wait_for(asyncio.to_thread(serve.status), self._health_timeout_s)
+        return {model_id: _deployment_health(status, handle)
+                for model_id, handle in self._default_serve_handles.items()}
+
+    async def _engine_response(self, response: Awaitable):
+        """The engine's response; 503 (retryable) if its replica died before answering or no replica is
+        running to answer it; a stream that fails later ends with an OpenAI error event."""
+        waiting = asyncio.ensure_future(response)
+        try:
+            while not (await asyncio.wait({waiting}, timeout=self._no_replica_timeout_s))[0]:
+                if not await self._replica_running():
+                    return openai_error(503, "No replica of the model is running (it is restarting); "
+                                        "retry the request.", "server_error")
+            response = waiting.result()
+        except RayActorError as exc:  # without this, Ray's middleware answers a bare 500
+            return openai_error(503, f"The model replica failed ({type(exc).__name__}); retry the request.",
+                                "server_error")
+        finally:
+            waiting.cancel()  # a no-op once answered; else it takes the request out of Serve's queue
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _error_event_on_failure(response.body_iterator)
+        return response
+
+    async def _replica_running(self) -> bool:
+        """False only when Serve's controller says a model has no RUNNING replica (what /health reports);
+        a controller too slow to answer vouches for nothing, and the request keeps waiting."""
+        try:
+            models = await self._models_health()
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("Serve status unavailable, the request keeps waiting: %r", exc)
+            return True
+        return all(model["ready"] for model in models.values())
 
     def _unauthorized(self, request: Request) -> JSONResponse | None:
         if not self._api_keys:
@@ -154,19 +193,6 @@ def _deployment_health(status, handle) -> dict:
         "status": deployment_status,
         "replicas": replicas,
     }
-
-
-async def _engine_response(response: Awaitable):
-    """The engine's response; 503 (retryable) if its replica died before answering; a stream that fails
-    later ends with an OpenAI error event."""
-    try:
-        response = await response
-    except RayActorError as exc:  # without this, Ray's middleware answers a bare 500
-        return openai_error(503, f"The model replica failed ({type(exc).__name__}); retry the request.",
-                            "server_error")
-    if isinstance(response, StreamingResponse):
-        response.body_iterator = _error_event_on_failure(response.body_iterator)
-    return response
 
 
 async def _error_event_on_failure(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
