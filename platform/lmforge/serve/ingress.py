@@ -104,7 +104,7 @@ class GuardedIngress(OpenAiIngress):
         try:
             while not (await asyncio.wait({waiting}, timeout=self._no_replica_timeout_s))[0]:
                 if not await self._replica_running():
-                    return openai_error(503, "No replica of the model is running (it is restarting); "
+                    return openai_error(503, "No replica of the model is running (it is starting); "
                                         "retry the request.", "server_error")
             response = waiting.result()
         except RayActorError as exc:  # without this, Ray's middleware answers a bare 500
