@@ -2,7 +2,9 @@
 
 1. Workers compute, per document, an exact-text bucket and one MinHash-LSH bucket per band.
 2. Bucket rows are hash-partitioned; each partition finds its colliding keys (edges).
-3. One node joins the edges into connected components and keeps each component's smallest key.
+3. Edges are partitioned by their duplicate key and made unique: a pair colliding in several bands
+   was found in several partitions, and the driver should receive it once, not once per band.
+4. The driver joins the edges into connected components and keeps each component's smallest key.
 Only (bucket, key) integers move between steps, never the texts.
 """
 
@@ -52,7 +54,9 @@ def find_duplicates(docs: ray.data.Dataset, cfg: DedupConfig, seed: int, workers
         fn_kwargs={"cfg": cfg, "seed": seed, "partitions": partitions},
         concurrency=workers,
     )
-    edges = buckets.groupby("partition").map_groups(_partition_edges, batch_format="numpy")
+    edges = buckets.groupby("partition").map_groups(
+        _partition_edges, batch_format="numpy", fn_kwargs={"partitions": partitions}
+    ).groupby("partition").map_groups(_unique_edges, batch_format="numpy")
     src, dst, exact = [], [], []
     for batch in edges.iter_batches(batch_format="numpy", batch_size=None):
         src.append(batch["src"])
@@ -89,7 +93,7 @@ def _document_buckets(batch: pa.Table, cfg: DedupConfig, seed: int, partitions: 
     })
 
 
-def _partition_edges(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _partition_edges(rows: dict[str, np.ndarray], partitions: int) -> dict[str, np.ndarray]:
     out = {"src": [], "dst": [], "exact": []}
     for is_exact in (True, False):
         mask = rows["exact"] == is_exact
@@ -97,4 +101,14 @@ def _partition_edges(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out["src"].append(src)
         out["dst"].append(dst)
         out["exact"].append(np.full(src.size, is_exact))
-    return {name: np.concatenate(parts) for name, parts in out.items()}
+    edges = {name: np.concatenate(parts) for name, parts in out.items()}
+    edges["partition"] = (edges["dst"].view(np.uint64) % np.uint64(partitions)).astype(np.int64)
+    return edges
+
+
+def _unique_edges(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each (src, dst, exact) once."""
+    order = np.lexsort((rows["exact"], rows["dst"], rows["src"]))
+    src, dst, exact = rows["src"][order], rows["dst"][order], rows["exact"][order]
+    first = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1]) | (exact[1:] != exact[:-1])]
+    return {"src": src[first], "dst": dst[first], "exact": exact[first]}
