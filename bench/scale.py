@@ -48,8 +48,10 @@ from pathlib import Path
 import psutil
 import ray
 from data_pipeline import (
+    LMFORGE_STAGES,
     SEED,
     WORK,
+    StageClock,
     TreeCpu,
     build_corpus,
     build_tokenizer,
@@ -82,13 +84,15 @@ class Measured:
     driver_private: float = 0.0
     worker_rss: float = 0.0  # the largest process of Ray's worker pool
     worker_private: float = 0.0
-    worker_title: str = ""
+    worker_title: str = ""  # what the worker with the largest private peak ran at that peak
     reader_rss: float = 0.0  # train-iter: the larger of the two stand-in training workers
     reader_private: float = 0.0
     cpu_seconds: float = 0.0
     machine_cores: float = 0.0  # busy CPUs of the whole machine meanwhile, other users included
     others_cores: float = 0.0  # the same less this run's own CPU: other users' load
     load: list[float] = field(default_factory=list)  # load average (1, 5 min) at the start
+    # prepare: per step of run_prepare_pretrain, [seconds, driver peak RSS, driver peak private RSS]
+    driver_steps: dict[str, list[float]] = field(default_factory=dict)
     code: str = ""
 
 
@@ -101,7 +105,8 @@ class PeakMemory:
 
     def __init__(self, driver: psutil.Process, interval: float = 0.2):
         self.driver, self.interval = driver, interval
-        self.peaks: dict[tuple[int, float], list] = {}  # (pid, start) -> [rss, private, title at peak rss]
+        self.peaks: dict[tuple[int, float], list] = {}  # (pid, start) -> [rss, private, title then]
+        self.driver_series: list[tuple[float, int, int]] = []  # (perf_counter, rss, private)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._keep_polling, daemon=True)
         self._thread.start()
@@ -112,9 +117,11 @@ class PeakMemory:
         except psutil.Error:
             return
         peak = self.peaks.setdefault(key, [0, 0, title])
-        if mem.rss > peak[0]:
-            peak[0], peak[2] = mem.rss, title
-        peak[1] = max(peak[1], mem.rss - mem.shared)
+        peak[0] = max(peak[0], mem.rss)
+        if mem.rss - mem.shared > peak[1]:
+            peak[1], peak[2] = mem.rss - mem.shared, title
+        if title == "driver":
+            self.driver_series.append((time.perf_counter(), mem.rss, mem.rss - mem.shared))
 
     def _keep_polling(self) -> None:
         while not self._done.wait(self.interval):
@@ -136,13 +143,25 @@ class PeakMemory:
         self._thread.join()
 
     def largest(self, match: str) -> tuple[float, float, str]:
-        """(peak RSS in MB, peak private RSS in MB, what it ran at its peak) of the process with the
-        largest peak RSS among those whose title at that peak contains `match`."""
+        """The largest peak RSS and the largest peak private RSS (MB) among processes whose title at
+        their private peak contains `match`, and that title of the process with the largest private peak."""
         found = [p for p in self.peaks.values() if match in p[2]]
         if not found:
             return 0.0, 0.0, ""
-        rss, private, title = max(found, key=lambda p: p[0])
-        return rss / 2**20, private / 2**20, title
+        _, private, title = max(found, key=lambda p: p[1])
+        return max(p[0] for p in found) / 2**20, private / 2**20, title
+
+    def driver_steps(self, marks: list[tuple[str, float]], end: float) -> dict[str, list[float]]:
+        """Per step (marks: (label, start) in order, the last running to `end`): [seconds, driver peak
+        RSS, driver peak private RSS], MB."""
+        steps: dict[str, list[float]] = {}
+        for (label, t0), (_, t1) in zip(marks, [*marks[1:], ("end", end)], strict=True):
+            inside = [(rss, private) for t, rss, private in self.driver_series if t0 <= t <= t1] or [(0, 0)]
+            row = steps.setdefault(label, [0.0, 0.0, 0.0])
+            row[0] += t1 - t0
+            row[1] = max(row[1], max(r for r, _ in inside) / 2**20)
+            row[2] = max(row[2], max(p for _, p in inside) / 2**20)
+        return steps
 
 
 def measure(kind: str, size_mb: int, *args: str) -> Measured:
@@ -160,7 +179,9 @@ def measure(kind: str, size_mb: int, *args: str) -> Measured:
     if child.returncode:
         raise RuntimeError(f"{kind} {size_mb} MB failed (exit {child.returncode}); see {log}")
     reported = json.loads(out.strip().splitlines()[-1])
+    marks, end = reported.pop("marks", []), reported.pop("end", 0.0)
     run = Measured(kind, size_mb, **reported, load=list(load[:2]), code=code_version())
+    run.driver_steps = peaks.driver_steps(marks, end)
     run.driver_rss, run.driver_private, _ = peaks.largest("driver")
     run.worker_rss, run.worker_private, run.worker_title = peaks.largest("ray::")
     run.reader_rss, run.reader_private, _ = peaks.largest("EpochReader")
@@ -215,15 +236,28 @@ def prepare_config(corpus: Path, out: Path):
 
 
 def drive_prepare(corpus: Path, out: Path) -> dict:
-    from lmforge.data.stages.prepare_pretrain import run_prepare_pretrain
+    """The timed run, its steps marked as bench/data_pipeline.py marks them (perf_counter is one clock
+    for all processes here, so the parent can match them with its memory samples)."""
+    from lmforge.data.stages import prepare_pretrain as pretrain
+    from lmforge.data.stages import source_records as read_sources
+    from lmforge.data.steps import dedup as dedup_dataset
 
-    run_prepare_pretrain(prepare_config(WORK / f"corpus-{WARMUP_MB}mb-seed{SEED}.jsonl", out))  # warm-up
+    warmup = WORK / f"corpus-{WARMUP_MB}mb-seed{SEED}.jsonl"
+    pretrain.run_prepare_pretrain(prepare_config(warmup, out))
     shutil.rmtree(out)
+    targets = [(module, name) for module in (read_sources, pretrain) for name in LMFORGE_STAGES
+               if hasattr(module, name)]
+    clock = StageClock([*targets, (dedup_dataset, "find_duplicate_clusters")])
     spilled, start = spilled_bytes(), time.perf_counter()
-    manifest = run_prepare_pretrain(prepare_config(corpus, out))
-    seconds = time.perf_counter() - start
-    return {"mb": corpus.stat().st_size / MB, "seconds": seconds,
-            "tokens": manifest.counts["total"]["output_tokens"], **spilled_since(spilled)}
+    try:
+        manifest = pretrain.run_prepare_pretrain(prepare_config(corpus, out))
+    finally:
+        clock.restore()
+    end = time.perf_counter()
+    return {"mb": corpus.stat().st_size / MB, "seconds": end - start,
+            "tokens": manifest.counts["total"]["output_tokens"], **spilled_since(spilled),
+            "marks": [(LMFORGE_STAGES["start"], start)] + [(LMFORGE_STAGES[n], t) for n, t in clock.marks],
+            "end": end}
 
 
 def drive_train_iter(blocks: Path) -> dict:
@@ -368,7 +402,14 @@ def report(prepare: list[Measured], train: list[Measured]) -> str:
                      f"{r.tokens:,} | {r.spilled_mb:.0f} | {r.driver_rss:.0f} | {r.driver_private:.0f} | "
                      f"{r.worker_rss:.0f} | {r.worker_private:.0f} | {reader} | {r.load[0]:.2f} | "
                      f"{r.others_cores:.2f} |")
-    lines += ["", "What the largest worker ran at its peak:", ""]
+    if prepare and prepare[-1].driver_steps:
+        r = prepare[-1]
+        lines += ["", f"Driver memory per step of prepare {r.size_mb} MB (steps as bench/data_pipeline.py "
+                  + "times them):", "", "| step | s | driver peak RSS | driver peak private |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {label} | {s:.1f} | {rss:.0f} | {private:.0f} |"
+                  for label, (s, rss, private) in r.driver_steps.items()]
+    lines += ["", "What the worker with the largest private peak ran at that peak:", ""]
     lines += [f"- {r.kind} {r.size_mb} MB: {r.worker_title}" for r in (*prepare, *train)]
     result = ["RESULT"]
     if len(prepare) > 1:
