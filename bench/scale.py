@@ -385,7 +385,7 @@ def report(prepare: list[Measured], train: list[Measured]) -> str:
         f"- machine: {machine()}; each run on a fresh local Ray, num_cpus={NUM_CPUS}, object store "
         + f"{OBJECT_STORE_MB} MB; prepare: {WORKERS} workers, block {BLOCK_SIZE}, exact + near dedup; "
         + f"train-iter: {WORKERS} readers, micro batch {MICRO_BATCH}",
-        f"- code: {(prepare or train)[0].code}",
+        f"- code: {(prepare or train)[0].code} (each run's commit in the last column)",
         "- memory in MB (2^20 bytes): peak RSS / peak private RSS (RSS less shared pages: libraries and "
         + "object-store memory the process read); largest worker: the Ray worker-pool process with the "
         + "largest peak; other users' cores: the machine's busy cores less this run's own CPU per "
@@ -393,15 +393,15 @@ def report(prepare: list[Measured], train: list[Measured]) -> str:
         "",
         "| run | input MB | wall s | s per MB | output tokens | spilled MB | driver RSS | driver private | "
         + "largest worker RSS | worker private | reader RSS | reader private | load at start | "
-        + "other users' cores |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        + "other users' cores | commit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in (*prepare, *train):
         reader = f"{r.reader_rss:.0f} | {r.reader_private:.0f}" if r.kind == "train-iter" else "- | -"
         lines.append(f"| {r.kind} {r.size_mb} MB | {r.mb:.0f} | {r.seconds:.1f} | {r.seconds / r.mb:.3f} | "
                      f"{r.tokens:,} | {r.spilled_mb:.0f} | {r.driver_rss:.0f} | {r.driver_private:.0f} | "
                      f"{r.worker_rss:.0f} | {r.worker_private:.0f} | {reader} | {r.load[0]:.2f} | "
-                     f"{r.others_cores:.2f} |")
+                     f"{r.others_cores:.2f} | {r.code.split()[1]} |")
     if prepare and prepare[-1].driver_steps:
         r = prepare[-1]
         lines += ["", f"Driver memory per step of prepare {r.size_mb} MB (steps as bench/data_pipeline.py "
