@@ -407,8 +407,9 @@ def report(prepare: list[Measured], train: list[Measured]) -> str:
         lines += ["", f"Driver memory per step of prepare {r.size_mb} MB (steps as bench/data_pipeline.py "
                   + "times them):", "", "| step | s | driver peak RSS | driver peak private |",
                   "|---|---:|---:|---:|"]
-        lines += [f"| {label} | {s:.1f} | {rss:.0f} | {private:.0f} |"
-                  for label, (s, rss, private) in r.driver_steps.items()]
+        for label, (s, rss, private) in r.driver_steps.items():  # -: shorter than a memory sample
+            memory = f"{rss:.0f} | {private:.0f}" if rss else "- | -"
+            lines.append(f"| {label} | {s:.1f} | {memory} |")
     lines += ["", "What the worker with the largest private peak ran at that peak:", ""]
     lines += [f"- {r.kind} {r.size_mb} MB: {r.worker_title}" for r in (*prepare, *train)]
     result = ["RESULT"]
