@@ -2,7 +2,10 @@
 
 1. Workers compute, per document, an exact-text bucket and one MinHash-LSH bucket per band.
 2. Bucket rows are hash-partitioned; each partition finds its colliding keys (edges).
-3. One node joins the edges into connected components and keeps each component's smallest key.
+3. Edges are partitioned by their duplicate key and made unique: a pair colliding in several bands
+   was found in several partitions, and the driver should receive it once, not once per band.
+4. One task (not the driver: the edges grow with the corpus) joins the edges into connected
+   components and keeps each component's smallest key; the driver gets the keys to remove.
 Only (bucket, key) integers move between steps, never the texts.
 """
 
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import ray
 import ray.data
 
 from lmforge.config import DedupConfig
@@ -52,16 +56,22 @@ def find_duplicates(docs: ray.data.Dataset, cfg: DedupConfig, seed: int, workers
         fn_kwargs={"cfg": cfg, "seed": seed, "partitions": partitions},
         concurrency=workers,
     )
-    edges = buckets.groupby("partition").map_groups(_partition_edges, batch_format="numpy")
-    src, dst, exact = [], [], []
-    for batch in edges.iter_batches(batch_format="numpy", batch_size=None):
-        src.append(batch["src"])
-        dst.append(batch["dst"])
-        exact.append(batch["exact"])
-    src, dst, exact = (np.concatenate(a) if a else np.zeros(0, dtype) for a, dtype in
-                       ((src, np.int64), (dst, np.int64), (exact, bool)))
+    edges = buckets.groupby("partition").map_groups(
+        _partition_edges, batch_format="numpy", fn_kwargs={"partitions": partitions}
+    ).groupby("partition").map_groups(_unique_edges, batch_format="numpy").materialize()
+    return ray.get(_join_edges.remote(edges.to_arrow_refs(), cfg.sample_clusters))
+
+
+@ray.remote(num_cpus=1)
+def _join_edges(blocks: list[ray.ObjectRef], sample: int) -> DuplicateReport:
+    """The duplicate clusters of the edges in `blocks` (Arrow tables src, dst, exact)."""
+    tables = [table for table in ray.get(blocks) if table.num_rows]
+    src, dst, exact = (
+        np.concatenate([t.column(name).to_numpy() for t in tables]) if tables else np.zeros(0, dtype)
+        for name, dtype in (("src", np.int64), ("dst", np.int64), ("exact", bool))
+    )
     return DuplicateReport(
-        clusters=find_duplicate_clusters(src, dst, sample=cfg.sample_clusters),
+        clusters=find_duplicate_clusters(src, dst, sample=sample),
         exact_removed=find_duplicate_clusters(src[exact], dst[exact], sample=0).removed,
     )
 
@@ -89,7 +99,7 @@ def _document_buckets(batch: pa.Table, cfg: DedupConfig, seed: int, partitions: 
     })
 
 
-def _partition_edges(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _partition_edges(rows: dict[str, np.ndarray], partitions: int) -> dict[str, np.ndarray]:
     out = {"src": [], "dst": [], "exact": []}
     for is_exact in (True, False):
         mask = rows["exact"] == is_exact
@@ -97,4 +107,14 @@ def _partition_edges(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out["src"].append(src)
         out["dst"].append(dst)
         out["exact"].append(np.full(src.size, is_exact))
-    return {name: np.concatenate(parts) for name, parts in out.items()}
+    edges = {name: np.concatenate(parts) for name, parts in out.items()}
+    edges["partition"] = (edges["dst"].view(np.uint64) % np.uint64(partitions)).astype(np.int64)
+    return edges
+
+
+def _unique_edges(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each (src, dst, exact) once."""
+    order = np.lexsort((rows["exact"], rows["dst"], rows["src"]))
+    src, dst, exact = rows["src"][order], rows["dst"][order], rows["exact"][order]
+    first = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1]) | (exact[1:] != exact[:-1])]
+    return {"src": src[first], "dst": dst[first], "exact": exact[first]}
