@@ -1,7 +1,8 @@
 """`ray job submit --working-dir . --entrypoint-memory BYTES -- python jobs/convert.py CONFIG [key=value ...]`
 
 Runs in the job's driver process, no Ray tasks: the node it lands on must see the checkpoint (shared
-storage) and have ~4x the fp32 model in free RAM; --entrypoint-memory makes Ray place it on such a node.
+storage) and have ~4x the fp32 model in free RAM; --entrypoint-memory makes Ray place it on such a node,
+--entrypoint-resources '{"big_memory": 1}' on a node started with that custom resource.
 """
 
 import sys

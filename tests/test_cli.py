@@ -32,6 +32,13 @@ def test_print_config_shows_the_resolved_values():
     assert result.returncode == 0 and "block_size: 2048" in result.stdout
 
 
+def test_submit_refuses_entrypoint_resources_that_are_not_a_json_object_of_amounts():
+    result = _run("-m", "lmforge.cli", "submit", "convert", "configs/demo/convert.yaml",
+                  "--entrypoint-resources", '{"big_memory": "yes"}')
+    assert result.returncode == 2
+    assert "not a JSON object of resource amounts" in result.stderr
+
+
 def test_train_tokenizer_job_writes_a_loadable_tokenizer(tmp_path, shared_data):
     config = tmp_path / "tok.yaml"
     config.write_text(f"output_dir: {tmp_path / 'tok'}\nvocab_size: 500\n"

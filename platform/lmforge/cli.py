@@ -82,6 +82,19 @@ def _add_submit(stages) -> None:
                      "(default 0: drivers may run on a head with CPU 0)")
     sub.add_argument("--entrypoint-memory", type=int,
                      help="bytes of RAM reserved for the driver (convert: ~4x model)")
+    sub.add_argument("--entrypoint-resources", type=_resources_json, metavar="JSON",
+                     help='custom Ray resources the driver needs, e.g. \'{"big_memory": 1}\': it runs on '
+                     "a node that has them (convert on a large-RAM node)")
+
+
+def _resources_json(text: str) -> dict[str, float]:
+    try:
+        resources = json.loads(text)
+        if isinstance(resources, dict) and all(isinstance(v, (int, float)) for v in resources.values()):
+            return resources
+    except json.JSONDecodeError:
+        pass
+    raise argparse.ArgumentTypeError(f"not a JSON object of resource amounts: {text}")
 
 
 def _run_submit(args) -> int:
@@ -90,7 +103,8 @@ def _run_submit(args) -> int:
     try:
         return submit(args.job_stage, args.config, args.overrides, address=args.address,
                       wait=not args.no_wait, entrypoint_num_cpus=args.entrypoint_num_cpus,
-                      entrypoint_memory=args.entrypoint_memory)
+                      entrypoint_memory=args.entrypoint_memory,
+                      entrypoint_resources=args.entrypoint_resources)
     except ConfigError as exc:
         print(f"lmforge submit: {exc}", file=sys.stderr)
         return 2
@@ -163,6 +177,8 @@ def user_error_message(exc: BaseException) -> str | None:
 
     while isinstance(exc, RayTaskError):  # a task's error, its remote traceback in the message
         exc = exc.cause
+    if isinstance(exc, OSError) and exc.filename is None:  # names no path the user could fix: a bug
+        return None
     return str(exc) if isinstance(exc, _USER_ERRORS) else None
 
 

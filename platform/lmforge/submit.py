@@ -77,7 +77,8 @@ def job_metadata(stage: str, cfg: BaseModel, config_path: str, overrides: list[s
 
 
 def submit(stage: str, config_path: str, overrides: list[str], address: str | None = None, wait: bool = True,
-           entrypoint_num_cpus: float = 0, entrypoint_memory: int | None = None) -> int:
+           entrypoint_num_cpus: float = 0, entrypoint_memory: int | None = None,
+           entrypoint_resources: dict[str, float] | None = None) -> int:
     """Submit `jobs/<stage>.py` with the resolved config;
     with `wait`, tail its logs and return 0 if it SUCCEEDED."""
     from ray.job_submission import JobSubmissionClient
@@ -105,6 +106,7 @@ def submit(stage: str, config_path: str, overrides: list[str], address: str | No
             # the cluster's head has CPU 0 and runs the drivers, which mostly wait on Ray tasks
             entrypoint_num_cpus=entrypoint_num_cpus,
             entrypoint_memory=entrypoint_memory,
+            entrypoint_resources=entrypoint_resources,  # custom resources name the node(s) it may run on
         )
     finally:  # submit_job has uploaded the working dir by now
         uploaded.unlink(missing_ok=True)

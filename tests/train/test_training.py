@@ -25,54 +25,24 @@ import pytest
 import ray.data
 import torch
 import torch.nn.functional as F
+from training_helpers import (
+    checkpoints,
+    last_logged_step,
+    max_difference,
+    metrics,
+    registered_checkpoint_step,
+    train_config,
+    weights,
+)
 
 from lmforge.config import TrainConfig
 from lmforge.manifest import Manifest
-from lmforge.train.checkpoint import read_state, shard_count
+from lmforge.train.checkpoint import shard_count
 from lmforge.train.data import load_train_data
 from lmforge.train.model import TINY_CONFIGS, build_model
 from lmforge.train.run import run_pretrain, run_sft
 
 METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "peak_rss_mb", "eval_loss")
-
-
-def _config(storage: Path, name: str, data_dir: Path, architecture: str = "llama", **fields) -> TrainConfig:
-    """fp32 (resume must be exact), 2 workers x micro batch 2 x accumulation 2 = global batch 8."""
-    return TrainConfig.model_validate({
-        "run_name": name, "storage_path": str(storage),
-        "model": {"architecture": architecture, "config": TINY_CONFIGS[architecture]},
-        "data": {"dir": str(data_dir), "eval_rows": 8},
-        "zero": {"stage": 3, "precision": "fp32"},
-        "optim": {"lr": 3e-3},
-        "num_workers": 2, "global_batch_size": 8, "micro_batch_size": 2, "max_steps": 24,
-        "checkpoint": {"every_steps": 12, "keep_last": 2},  # each save waits ~2 s for Ray's controller
-        **fields,
-    })
-
-
-def _metrics(cfg: TrainConfig) -> list[dict]:
-    lines = (Path(cfg.storage_path) / cfg.run_name / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
-
-def _checkpoints(cfg: TrainConfig) -> dict[int, Path]:
-    """Step -> checkpoint directory, for the checkpoints Ray Train kept."""
-    found = {}
-    for directory in (Path(cfg.storage_path) / cfg.run_name).glob("checkpoint_*"):
-        if (directory / "trainer_state.json").is_file():
-            found[read_state(directory).step] = directory
-    return found
-
-
-def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
-
-
-def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert set(a) == set(b)
-    return max(float((a[name] - b[name]).abs().max()) for name in a)
 
 
 def _falls(losses: list[float], by: float) -> bool:
@@ -100,7 +70,7 @@ def storage(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pretrain(many_blocks, storage, pretrain_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
-    cfg = _config(storage, "pretrain", pretrain_data)
+    cfg = train_config(storage, "pretrain", pretrain_data)
     run_pretrain(cfg)
     return cfg
 
@@ -108,11 +78,12 @@ def pretrain(many_blocks, storage, pretrain_data) -> TrainConfig:  # noqa: ARG00
 @pytest.fixture(scope="module")
 def resumed(many_blocks, storage, pretrain_data) -> dict:  # noqa: ARG001 - for small blocks
     """The pretrain run stopped at step 12 on 2 workers, then rerun on 1 worker to step 24."""
-    cfg = _config(storage, "resumed", pretrain_data, stop_after_step=12)
+    cfg = train_config(storage, "resumed", pretrain_data, stop_after_step=12)
     run_pretrain(cfg)
-    logged_on_two_workers = len(_metrics(cfg))
-    run_pretrain(_config(storage, "resumed", pretrain_data, num_workers=1))  # micro batch 2, accumulation 4
-    return {"cfg": cfg, "one_worker_metrics": _metrics(cfg)[logged_on_two_workers:]}
+    logged_on_two_workers = len(metrics(cfg))
+    # micro batch 2, accumulation 4
+    run_pretrain(train_config(storage, "resumed", pretrain_data, num_workers=1))
+    return {"cfg": cfg, "one_worker_metrics": metrics(cfg)[logged_on_two_workers:]}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +91,7 @@ def killed(many_blocks, storage, pretrain_data) -> dict:  # noqa: ARG001 - for s
     """The pretrain run in a thread; once Ray Train has registered a checkpoint and the run has gone past
     it, one of its worker processes (found among this process's descendants: the session's own Ray) is
     SIGKILLed."""
-    cfg = _config(
+    cfg = train_config(
         storage, "killed", pretrain_data, checkpoint={"every_steps": 6, "keep_last": 2}, max_failures=2
     )
     run_dir = Path(cfg.storage_path) / cfg.run_name
@@ -130,30 +101,12 @@ def killed(many_blocks, storage, pretrain_data) -> dict:  # noqa: ARG001 - for s
     deadline = time.monotonic() + 300
     while pid is None and not run.done() and time.monotonic() < deadline:
         time.sleep(0.1)
-        registered, workers = _registered_checkpoint_step(run_dir), _train_worker_pids(since=started)
-        if registered and workers and _last_logged_step(run_dir) > registered:
+        registered, workers = registered_checkpoint_step(run_dir), _train_worker_pids(since=started)
+        if registered and workers and last_logged_step(run_dir) > registered:
             pid = workers[-1]
             os.kill(pid, signal.SIGKILL)
     pool.shutdown(wait=False)
     return {"cfg": cfg, "pid": pid, "registered": registered, "manifest": run.result(timeout=300)}
-
-
-def _registered_checkpoint_step(run_dir: Path) -> int | None:
-    """Step of the newest checkpoint Ray Train has registered (a restart resumes from it),
-    from its snapshot."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being written
-        return None
-    steps = [result["metrics"]["step"] for result in snapshot["checkpoint_results"]]
-    return max(steps, default=None)
-
-
-def _last_logged_step(run_dir: Path) -> int:
-    lines = (
-        (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
-    )
-    return json.loads(lines[-1])["step"] if lines else 0
 
 
 def _train_worker_pids(since: float) -> list[int]:
@@ -170,18 +123,18 @@ def _train_worker_pids(since: float) -> list[int]:
 
 @pytest.fixture(scope="module")
 def sft(many_blocks, storage, sft_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
-    cfg = _config(
+    cfg = train_config(
         storage, "sft", sft_data, architecture="bloom", max_steps=16, checkpoint={"every_steps": 16}
     )
     run_sft(cfg)
     return cfg
 
 
-def _lora_config(storage: Path, name: str, sft_data: Path, **fields) -> TrainConfig:
+def _loratrain_config(storage: Path, name: str, sft_data: Path, **fields) -> TrainConfig:
     """Adapters on every projection of a random qwen2 whose weights are drawn 10x wider than usual: with
     the usual 0.02 its frozen head gives near-uniform logits whatever the adapters do, unlike a trained
     model's."""
-    return _config(
+    return train_config(
         storage,
         name,
         sft_data,
@@ -202,27 +155,27 @@ def _lora_config(storage: Path, name: str, sft_data: Path, **fields) -> TrainCon
 
 @pytest.fixture(scope="module")
 def lora(many_blocks, storage, sft_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
-    cfg = _lora_config(storage, "lora", sft_data)
+    cfg = _loratrain_config(storage, "lora", sft_data)
     run_sft(cfg)
     return cfg
 
 
 @pytest.fixture(scope="module")
 def lora_resumed(many_blocks, storage, sft_data) -> TrainConfig:  # noqa: ARG001 - for small blocks
-    run_sft(_lora_config(storage, "lora-resumed", sft_data, stop_after_step=8))
-    cfg = _lora_config(storage, "lora-resumed", sft_data)
+    run_sft(_loratrain_config(storage, "lora-resumed", sft_data, stop_after_step=8))
+    cfg = _loratrain_config(storage, "lora-resumed", sft_data)
     run_sft(cfg)
     return cfg
 
 
 def test_pretraining_loss_falls(pretrain):
-    losses = [row["loss"] for row in _metrics(pretrain)]
+    losses = [row["loss"] for row in metrics(pretrain)]
     assert len(losses) == 24
     assert _falls(losses, by=0.5), losses
 
 
 def test_every_step_logs_loss_lr_grad_norm_throughput_and_the_run_ends_with_eval_and_a_loss_plot(pretrain):
-    rows = _metrics(pretrain)
+    rows = metrics(pretrain)
     assert [row["step"] for row in rows] == list(range(1, 25))
     assert all(set(METRICS) - {"eval_loss"} <= set(row) for row in rows)
     assert "eval_loss" in rows[-1] and np.isfinite(rows[-1]["eval_loss"])
@@ -233,31 +186,31 @@ def test_every_step_logs_loss_lr_grad_norm_throughput_and_the_run_ends_with_eval
 
 
 def test_the_checkpoint_holds_every_model_parameter(pretrain, pretrain_data):
-    checkpoints = _checkpoints(pretrain)
-    assert sorted(checkpoints) == [12, 24]
-    weights = _weights(checkpoints[24])
+    saved = checkpoints(pretrain)
+    assert sorted(saved) == [12, 24]
+    final = weights(saved[24])
     model = build_model(pretrain.model, load_train_data(str(pretrain_data)).vocab_size, seed=0)
     expected = {name: p.shape for name, p in model.named_parameters()}
-    assert {name: weights[name].shape for name in expected} == expected
-    assert all(t.dtype == torch.float32 for t in weights.values())
+    assert {name: final[name].shape for name in expected} == expected
+    assert all(t.dtype == torch.float32 for t in final.values())
 
 
 def test_a_run_stopped_on_two_workers_continues_on_one_from_the_checkpoint_step(resumed):
     assert [row["step"] for row in resumed["one_worker_metrics"]] == list(range(13, 25))
-    final = _checkpoints(resumed["cfg"])[24]
+    final = checkpoints(resumed["cfg"])[24]
     assert shard_count(final, "global_step24") == 1  # one worker, which loaded the 2 workers' shards
 
 
 def test_a_stopped_run_rerun_on_one_worker_reaches_the_weights_of_the_uninterrupted_run(pretrain, resumed):
     """Same rows in the same order, same lr schedule, same optimizer state: as if nothing had happened."""
-    final = _checkpoints(resumed["cfg"])[24]
-    assert _max_difference(_weights(final), _weights(_checkpoints(pretrain)[24])) <= 1e-5
+    final = checkpoints(resumed["cfg"])[24]
+    assert max_difference(weights(final), weights(checkpoints(pretrain)[24])) <= 1e-5
 
 
 def test_a_killed_worker_is_replaced_and_the_run_completes_from_its_last_checkpoint(killed):
     assert killed["pid"] is not None, "the run ended before a worker could be killed"
     assert isinstance(killed["manifest"], Manifest)
-    steps = [row["step"] for row in _metrics(killed["cfg"])]
+    steps = [row["step"] for row in metrics(killed["cfg"])]
     assert set(steps) == set(range(1, 25)) and steps[-1] == 24
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
     # not from step 1: from the checkpoint registered before the kill
@@ -265,8 +218,8 @@ def test_a_killed_worker_is_replaced_and_the_run_completes_from_its_last_checkpo
 
 
 def test_a_run_restarted_after_a_killed_worker_reaches_the_weights_of_the_uninterrupted_run(pretrain, killed):
-    final = _checkpoints(killed["cfg"])[24]
-    assert _max_difference(_weights(final), _weights(_checkpoints(pretrain)[24])) <= 1e-5
+    final = checkpoints(killed["cfg"])[24]
+    assert max_difference(weights(final), weights(checkpoints(pretrain)[24])) <= 1e-5
 
 
 def test_after_a_killed_worker_only_checkpoints_ray_registered_stay_on_disk(killed):
@@ -277,7 +230,7 @@ def test_after_a_killed_worker_only_checkpoints_ray_registered_stay_on_disk(kill
 
 
 def test_full_sft_loss_falls(sft):
-    losses = [row["loss"] for row in _metrics(sft)]
+    losses = [row["loss"] for row in metrics(sft)]
     assert len(losses) == 16
     assert _falls(losses, by=0.5), losses
 
@@ -291,7 +244,7 @@ def test_sft_eval_loss_is_the_cross_entropy_of_assistant_tokens_only(sft, sft_da
     """The run's eval loss equals the mean cross-entropy over the labelled (assistant) tokens of the held-out
     samples, each run alone through the final weights; counting prompt tokens too gives another number."""
     model = build_model(sft.model, load_train_data(str(sft_data)).vocab_size, seed=0)
-    model.load_state_dict(_weights(_checkpoints(sft)[16]))
+    model.load_state_dict(weights(checkpoints(sft)[16]))
     model.eval()
     assistant, everything = [], []
     for row in _held_out_rows(sft_data, sft.data.eval_rows):
@@ -306,27 +259,27 @@ def test_sft_eval_loss_is_the_cross_entropy_of_assistant_tokens_only(sft, sft_da
             assistant.append(losses[labels[1:] != -100])
             everything.append(losses)
     assert 0 < sum(len(t) for t in assistant) < 0.9 * sum(len(t) for t in everything)
-    eval_loss = _metrics(sft)[-1]["eval_loss"]
+    eval_loss = metrics(sft)[-1]["eval_loss"]
     assert eval_loss == pytest.approx(float(torch.cat(assistant).mean()), rel=1e-4)
     assert eval_loss != pytest.approx(float(torch.cat(everything).mean()), rel=1e-3)
 
 
 def test_lora_sft_on_qwen2_trains_the_adapters(lora):
-    losses = [row["loss"] for row in _metrics(lora)]
+    losses = [row["loss"] for row in metrics(lora)]
     assert len(losses) == 16
     assert _falls(losses, by=0.5), losses
-    weights = _weights(_checkpoints(lora)[16])
-    assert any("lora_A" in name for name in weights) and any("lora_B" in name for name in weights)
+    final = weights(checkpoints(lora)[16])
+    assert any("lora_A" in name for name in final) and any("lora_B" in name for name in final)
 
 
 def test_a_stopped_lora_run_rerun_reaches_the_weights_of_the_uninterrupted_run(lora, lora_resumed):
-    assert [row["step"] for row in _metrics(lora_resumed)] == list(range(1, 17))
-    assert _max_difference(_weights(_checkpoints(lora_resumed)[16]), _weights(_checkpoints(lora)[16])) <= 1e-5
+    assert [row["step"] for row in metrics(lora_resumed)] == list(range(1, 17))
+    assert max_difference(weights(checkpoints(lora_resumed)[16]), weights(checkpoints(lora)[16])) <= 1e-5
 
 
 @pytest.mark.usefixtures("ray_local")
 def test_blocks_longer_than_the_models_positions_are_refused_before_training(pretrain_data, tmp_path):
-    cfg = _config(tmp_path, "long", pretrain_data, model={
+    cfg = train_config(tmp_path, "long", pretrain_data, model={
         "architecture": "llama", "config": {**TINY_CONFIGS["llama"], "max_position_embeddings": 64}})
     with pytest.raises(
         ValueError, match="sequences of 128 tokens exceed the model's max_position_embeddings 64"
@@ -337,7 +290,7 @@ def test_blocks_longer_than_the_models_positions_are_refused_before_training(pre
 
 @pytest.mark.usefixtures("ray_local")
 def test_fp16_on_cpu_is_refused_before_training(pretrain_data, tmp_path):
-    cfg = _config(tmp_path, "fp16", pretrain_data, zero={"precision": "fp16"})
+    cfg = train_config(tmp_path, "fp16", pretrain_data, zero={"precision": "fp16"})
     with pytest.raises(ValueError, match="fp16 is not supported on CPU"):
         run_pretrain(cfg)
     assert not (tmp_path / "fp16").exists()
@@ -348,7 +301,7 @@ def test_pretraining_data_given_to_sft_is_refused_naming_the_stage_it_needs(pret
     with pytest.raises(
         ValueError, match="holds pretrain data; `lmforge sft` needs the output of prepare-sft"
     ):
-        run_sft(_config(tmp_path, "wrong-kind", pretrain_data))
+        run_sft(train_config(tmp_path, "wrong-kind", pretrain_data))
     assert not (tmp_path / "wrong-kind").exists()
 
 
@@ -357,7 +310,7 @@ def test_a_data_dir_without_prepared_data_is_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no manifest; run the stage that produces"):
-        run_pretrain(_config(tmp_path, "empty-data", empty))
+        run_pretrain(train_config(tmp_path, "empty-data", empty))
     assert not (tmp_path / "empty-data").exists()
 
 
@@ -365,5 +318,5 @@ def test_a_global_batch_the_workers_cannot_share_is_refused():
     with pytest.raises(
         pydantic.ValidationError, match="global_batch_size 6 must be a multiple of micro_batch_size"
     ):
-        _config(Path("/unused"), "odd", Path("/unused"), global_batch_size=6)
+        train_config(Path("/unused"), "odd", Path("/unused"), global_batch_size=6)
 

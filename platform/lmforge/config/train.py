@@ -109,6 +109,11 @@ class TrainConfig(StrictModel):
     cpus_per_worker: int = Field(
         1, ge=1, description="CPUs Ray reserves per worker (Ray sets its OMP_NUM_THREADS to this)."
     )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="How Ray places the workers' bundles on nodes: PACK fills a node first (fast "
+        "collectives); SPREAD puts them on different nodes where it can (STRICT_*: must, or wait).",
+    )
     global_batch_size: int = Field(8, ge=1, description="Rows per optimizer step across all workers.")
     micro_batch_size: int = Field(1, ge=1, description="Rows per worker per forward pass.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")

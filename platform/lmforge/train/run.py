@@ -86,7 +86,7 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker},
+            resources_per_worker={"CPU": cfg.cpus_per_worker}, placement_strategy=cfg.placement_strategy,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo",
                                  timeout_s=cfg.collective_timeout_s),
