@@ -15,6 +15,10 @@ Measured in one process, one after the other (wall clock; 1 MB = 10^6 bytes of U
   (a) `run_prepare_pretrain` (exact + near dedup, 0.8, 128 perms, 5-grams, block 1024, other
       settings default) on a local Ray with 4 logical CPUs, at workers=1 and workers=2, after an
       untimed 1 MB warm-up run; then workers=2 at 2x and 4x the corpus (s per MB should stay flat).
+  (d) datatrove 0.10.1, the peer: MinHash signatures (character 5-grams, 14 buckets x 8 hashes),
+      buckets, clusters, filter + DocumentTokenizer (same tokenizer), 2 tasks on 2 JSONL shards, at
+      20 and 100 MB (--quick: 20 MB); against (e) `lmforge prepare-pretrain` as a subprocess (workers 2,
+      config defaults), start to exit; (e) on 1 MB is the fixed cost, also measured joining a running Ray.
 Each measurement runs twice (--repeats) and the faster run counts: the machine may be shared.
 docs/s and MB/s count input documents and bytes; tokens/s counts the tokens of the documents kept
 after dedup ((c): of every document). Ratios compare MB/s on the same input. Stage times of (a)
@@ -40,6 +44,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +62,7 @@ RESULTS = REPO / "bench" / "results" / "data_pipeline.md"
 RAY_TEMP = Path(f"/tmp/lmforge-bench-{os.getpid()}")  # short: Ray's socket paths are length-limited
 CSV_NAME = "样例_内科5000-6000.csv"
 FULL_MB, QUICK_MB, WARMUP_MB = 50, 5, 1
+PEER_MB = (20, 100)  # corpus sizes of the datatrove comparison (--quick: the first only)
 BLOCK_SIZE, MIN_CHARS, SEED = 1024, 10, 0
 
 
@@ -422,6 +428,129 @@ def group_texts(examples: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# (d) datatrove, the peer, and (e) the `lmforge prepare-pretrain` command
+
+
+def shard_corpus(corpus: Path, shards: int) -> Path:
+    """The corpus as `shards` JSONL files of whole lines in one folder (datatrove gives each task whole
+    files), in corpus order; reused."""
+    folder = WORK / f"{corpus.stem}-{shards}shards"
+    if not folder.is_dir():
+        lines = corpus.read_bytes().splitlines(keepends=True)
+        partial = folder.with_suffix(".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        per_shard = -(-len(lines) // shards)
+        for i in range(shards):
+            (partial / f"{i:02d}.jsonl").write_bytes(b"".join(lines[i * per_shard : (i + 1) * per_shard]))
+        partial.rename(folder)
+    return folder
+
+
+def character_tokenizer():
+    """A datatrove word tokenizer whose words are characters, so its MinHash n-grams are character
+    5-grams as lmforge's are (its language tokenizers split Chinese only at punctuation)."""
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    class CharacterTokenizer(WordTokenizer):
+        def word_tokenize(self, text: str) -> list[str]:
+            return list(text)
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [text]
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [(0, len(text))]
+
+    return CharacterTokenizer()
+
+
+def xxhash64_of_text(text: str) -> int:
+    """datatrove's default shingle hash (xxhash64 of the text) for the xxhash 4 installed here, which
+    hashes bytes only where datatrove passes a str."""
+    import xxhash
+
+    return xxhash.xxh64_intdigest(text.encode())
+
+
+def run_datatrove(corpus: Path, tokenizer: Path, tasks: int = 2) -> Run:
+    """datatrove's MinHash chain then DocumentTokenizer, each step a LocalPipelineExecutor of `tasks`
+    processes (buckets: one task per bucket), timed per step."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.tokens import DocumentTokenizer
+
+    shards = str(shard_corpus(corpus, tasks))
+    out = WORK / "out" / f"datatrove-{corpus.stem}"
+    shutil.rmtree(out, ignore_errors=True)
+    config = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8)
+    signature = MinhashDedupSignature(output_folder=str(out / "signatures"), config=config,
+                                      language=character_tokenizer())
+    signature._hash_func = xxhash64_of_text
+    sigs, buckets, remove = (str(out / d) for d in ("signatures", "buckets", "remove"))
+    steps = {
+        "MinHash signatures (char 5-grams, 14x8)": ([JsonlReader(shards), signature], tasks),
+        "buckets": ([MinhashDedupBuckets(input_folder=sigs, output_folder=buckets, config=config)],
+                    config.num_buckets),
+        "clusters": ([MinhashDedupCluster(input_folder=buckets, output_folder=remove, config=config)], 1),
+        "filter + DocumentTokenizer": ([
+            JsonlReader(shards),
+            MinhashDedupFilter(input_folder=remove),
+            DocumentTokenizer(output_folder=str(out / "tokens"),
+                              tokenizer_name_or_path=str(tokenizer / "tokenizer.json"), eos_token="</s>"),
+        ], tasks),
+    }
+    stages, start = {}, time.perf_counter()
+    for name, (pipeline, n) in steps.items():
+        lap = time.perf_counter()
+        logs = str(out / "logs" / name[:8])
+        LocalPipelineExecutor(pipeline=pipeline, tasks=n, workers=tasks, logging_dir=logs).run()
+        stages[name] = time.perf_counter() - lap
+    seconds = time.perf_counter() - start
+    stats = json.loads((out / "logs" / "filter +" / "stats.json").read_text())
+    kept = next(s for s in stats if "MinHash stage 4" in s["name"])["stats"]["forwarded"]
+    tokens = next(s for s in stats if "TOKENIZER" in s["name"])["stats"]["tokens"]["total"]
+    return Run(f"(d) datatrove 0.10.1, {tasks} tasks", seconds, *corpus_size(corpus), tokens, kept,
+               stages=stages)
+
+
+def run_cli(corpus: Path, tokenizer: Path, workers: int = 2, ray_address: str | None = None) -> Run:
+    """`lmforge prepare-pretrain` as a user runs it: a new process from start to exit, config defaults
+    but workers and seed; its own local Ray, or the running one at `ray_address`."""
+    import yaml
+
+    import lmforge
+
+    name = f"cli-{corpus.stem}-w{workers}" + ("-joined" if ray_address else "")
+    config, out = WORK / f"{name}.yaml", WORK / "out" / name
+    config.write_text(yaml.safe_dump({
+        "sources": [{"name": "corpus", "path": str(corpus)}], "tokenizer": str(tokenizer),
+        "output_dir": str(out), "workers": workers, "seed": SEED,
+    }), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(lmforge.__file__).resolve().parents[1])  # the lmforge this bench imports
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "lmforge.cli", "prepare-pretrain", str(config)], env=env,
+                            capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        raise RuntimeError(f"lmforge prepare-pretrain failed:\n{result.stderr[-3000:]}")
+    total = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["counts"]["total"]
+    how = "joins the running Ray" if ray_address else "starts its own Ray"
+    return Run(f"(e) `lmforge prepare-pretrain`, {workers} workers, {how}", seconds, *corpus_size(corpus),
+               total["kept_tokens"], total["kept_documents"])
+
+
+# ---------------------------------------------------------------------------------------------
 # (c) the bare tokenizer
 
 
@@ -524,6 +653,7 @@ def main() -> None:
 
     tokenizer, corpus = build_tokenizer(), build_corpus(size_mb)
     bigger = {f: build_corpus(size_mb * f) for f in (2, 4)}  # built now, so no timed run waits on it
+    peer_corpora = {mb: build_corpus(mb) for mb in PEER_MB[: 1 if args.quick else None]}
     texts = corpus_texts(corpus)
     docs, mb = len(texts), sum(len(t.encode()) for t in texts) / 1e6
     print(f"corpus {corpus.name}: {docs:,} docs, {mb:.1f} MB; best of {n} runs each", flush=True)
@@ -532,11 +662,15 @@ def main() -> None:
     cn = best_of(n, run_bare_tokenizer, texts, tokenizer, parallel=True)
     del texts
     b = best_of(n, run_baseline, corpus, tokenizer)
+    peer = {mb: (best_of(n, run_datatrove, path, tokenizer), best_of(n, run_cli, path, tokenizer))
+            for mb, path in peer_corpora.items()}
+    fixed = best_of(n, run_cli, build_corpus(WARMUP_MB), tokenizer)
     start_ray()
     warmup = measured(run_lmforge, build_corpus(WARMUP_MB), tokenizer, 2)
     a1 = best_of(n, run_lmforge, corpus, tokenizer, 1)
     a2 = best_of(n, run_lmforge, corpus, tokenizer, 2)
     scaling = [(1, a2)] + [(f, best_of(n, run_lmforge, path, tokenizer, 2)) for f, path in bigger.items()]
+    joined = best_of(n, run_cli, build_corpus(WARMUP_MB), tokenizer, ray_address=running_ray_address())
 
     header = [
         f"# prepare-pretrain throughput, {datetime.date.today().isoformat()}",
@@ -550,13 +684,39 @@ def main() -> None:
         + f"Ray, num_cpus=4; (a) measured after a {WARMUP_MB} MB warm-up run ({warmup.seconds:.1f} s, which "
         + "starts Ray's workers)",
     ]
-    text = report(a2, a1, b, c1, cn, scaling, header)
+    text = report(a2, a1, b, c1, cn, scaling, header) + peer_report(peer, fixed, joined)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text, encoding="utf-8")
     print(text)
-    speedup, tokens_per_s = a2.mb_per_s / b.mb_per_s, a2.tokens / a2.seconds
-    print(f"RESULT speedup_vs_baseline={speedup:.2f} tokens_per_s={tokens_per_s:.0f}")
+    speedup = a2.mb_per_s / b.mb_per_s
+    vs_peer = {mb: d.seconds / e.seconds for mb, (d, e) in peer.items()}
+    nan = float("nan")
+    print(f"RESULT speedup_vs_baseline={speedup:.2f} speedup_vs_datatrove_20mb={vs_peer.get(20, nan):.2f} "
+          f"speedup_vs_datatrove_100mb={vs_peer.get(100, nan):.2f} fixed_cost_s={fixed.seconds:.1f}")
 
+
+def running_ray_address() -> str:
+    """The GCS address of this process's Ray, which a CLI run joins through RAY_ADDRESS."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def peer_report(peer: dict[float, tuple[Run, Run]], fixed: Run, joined: Run) -> str:
+    """Markdown: the `lmforge prepare-pretrain` command against datatrove per size, and its fixed cost."""
+    lines = ["", "The command against the peer (wall, start to exit; speedup = datatrove s / lmforge s):", "",
+             "| corpus | datatrove s | lmforge s | speedup | datatrove tokens | lmforge tokens | runs s |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {mb:g} MB | {d.seconds:.1f} | {e.seconds:.1f} | **{d.seconds / e.seconds:.2f}x** | "
+              f"{d.tokens:,} | {e.tokens:,} | {_times(d)} / {_times(e)} |" for mb, (d, e) in peer.items()]
+    lines += ["", (f"- fixed cost: a {fixed.mb:.1f} MB run of the command takes **{fixed.seconds:.1f} s** "
+                   f"({_times(fixed)}) with its own Ray, {joined.seconds:.1f} s ({_times(joined)}) joining "
+                   "a running Ray (this bench's, 4 logical CPUs, through RAY_ADDRESS)")]
+    for mb, (d, _) in peer.items():
+        lines += ["", f"Steps of datatrove at {mb:g} MB (wall):", "", "| step | s | share |",
+                  "|---|---:|---:|"]
+        lines += [f"| {k} | {v:.1f} | {v / d.seconds:.0%} |" for k, v in d.stages.items()]
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

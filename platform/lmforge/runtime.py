@@ -32,7 +32,14 @@ def init_ray(cfg: RayConfig) -> None:
             kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory_mb:
             kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024**2
-    ray.init(**kwargs, log_to_driver=True)
+    try:
+        ray.init(**kwargs, log_to_driver=True)
+    except ValueError as exc:  # ray.init() joins a `ray start` cluster of this machine, which takes no sizes
+        if not str(exc).startswith("When connecting to an existing cluster"):
+            raise
+        log.warning("joining the running Ray of this machine; ray.num_cpus and ray.object_store_memory_mb "
+                    "(sizes of a new local Ray) are ignored")
+        ray.init(log_to_driver=True)
     log.info("Ray resources: %s", ray.cluster_resources())
 
 

@@ -81,3 +81,31 @@ def test_an_unreadable_file_is_reported_and_the_others_still_train(tmp_path):
     assert manifest.counts["unreadable_files"] == 1 and manifest.counts["documents"] == 40
     assert "sha256" in manifest.inputs[0]
     assert manifest.inputs[1]["error"].startswith(f"cannot read {tmp_path / 'broken.parquet'} as parquet")
+
+
+def test_reading_the_files_gives_what_auto_tokenizer_gives(tiny_tokenizer, monkeypatch):
+    from lmforge.data.steps import tokenize
+
+    files = tokenize.TokenizerSpec.from_directory(str(tiny_tokenizer), add_bos=True)
+    identity = tokenizer_identity(tiny_tokenizer)
+    monkeypatch.setattr(tokenize.TokenizerFiles, "read", staticmethod(lambda _path: None))  # AutoTokenizer
+    assert files == tokenize.TokenizerSpec.from_directory(str(tiny_tokenizer), add_bos=True)
+    assert identity == tokenizer_identity(tiny_tokenizer)
+
+
+def test_a_model_specific_tokenizer_class_is_left_to_auto_tokenizer(tiny_tokenizer, tmp_path):
+    from lmforge.data.steps.tokenize import TokenizerFiles
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((tiny_tokenizer / name).read_bytes())
+    assert TokenizerFiles.read(str(tmp_path)) is not None
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"TokenizersBackend"', '"LlamaTokenizer"'))
+    assert TokenizerFiles.read(str(tmp_path)) is None
+
+
+def test_a_tokenizer_path_that_is_no_directory_is_named(tmp_path):
+    from lmforge.data.steps.tokenize import TokenizerSpec
+
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        TokenizerSpec.from_directory(str(tmp_path / "missing"))

@@ -7,6 +7,7 @@ Tasks, not an actor pool: actors hold their CPUs for the whole stage, and on a s
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,52 @@ def load_fast_tokenizer(path: str):
     return tokenizer
 
 
+# tokenizer_config classes that leave tokenizer.json as it is; other classes may change it or add tokens.
+_PLAIN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """A tokenizer directory read with the `tokenizers` library alone (importing transformers takes seconds).
+
+    `read` gives it only when the files settle every id the way AutoTokenizer would; otherwise None."""
+
+    backend_json: str
+    tokenizer_class: str
+    vocab_size: int  # with added tokens, as len(AutoTokenizer)
+    special_ids: dict[str, int | None]  # bos, eos, pad
+
+    @classmethod
+    def read(cls, path: str) -> TokenizerFiles | None:
+        from tokenizers import Tokenizer
+
+        directory = Path(path)
+        if not all((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            return None
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+        named = {k: _content(v) for k, v in config.items() if k.endswith("_token") and v is not None}
+        if (directory / "special_tokens_map.json").is_file():
+            extra = json.loads((directory / "special_tokens_map.json").read_text(encoding="utf-8"))
+            for key, value in extra.items():
+                if key.endswith("_token") and named.setdefault(key, _content(value)) != _content(value):
+                    return None  # which one wins is AutoTokenizer's business
+        backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        ids = {key: backend.token_to_id(token) for key, token in named.items()}
+        declared = {int(i): _content(t) for i, t in (config.get("added_tokens_decoder") or {}).items()}
+        if (config.get("tokenizer_class") not in _PLAIN_CLASSES or "eos_token" not in named
+                or None in ids.values() or config.get("split_special_tokens")
+                or config.get("extra_special_tokens") or config.get("additional_special_tokens")
+                or any(backend.token_to_id(t) != i for i, t in declared.items())):
+            return None  # AutoTokenizer would add tokens, change the backend or default the EOS
+        size = backend.get_vocab_size(with_added_tokens=True)
+        return cls(backend.to_str(), config["tokenizer_class"], size,
+                   {k: ids.get(f"{k}_token") for k in ("bos", "eos", "pad")})
+
+
+def _content(token) -> str:
+    return token["content"] if isinstance(token, dict) else token
+
+
 @dataclass(frozen=True)
 class TokenizerSpec:
     """What a tokenizing worker needs: the Rust tokenizer's
@@ -43,11 +90,16 @@ class TokenizerSpec:
 
     @classmethod
     def from_directory(cls, path: str, add_bos: bool = False) -> TokenizerSpec:
-        tokenizer = load_fast_tokenizer(path)
-        if add_bos and tokenizer.bos_token_id is None:
+        if (files := TokenizerFiles.read(path)) is not None:
+            ids = files.special_ids
+            backend_json, eos_id, bos_id = files.backend_json, ids["eos"], ids["bos"]
+        else:  # AutoTokenizer settles it, and says why a directory is no fast tokenizer with an EOS
+            tokenizer = load_fast_tokenizer(path)
+            backend_json = tokenizer.backend_tokenizer.to_str()
+            eos_id, bos_id = tokenizer.eos_token_id, tokenizer.bos_token_id
+        if add_bos and bos_id is None:
             raise ValueError(f"tokenizer {path}: add_bos is set but it has no BOS token")
-        return cls(tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id,
-                   tokenizer.bos_token_id if add_bos else None)
+        return cls(backend_json, eos_id, bos_id if add_bos else None)
 
 
 def tokenize_batch(batch: pa.Table, spec: TokenizerSpec, threads: int = 1) -> pa.Table:
