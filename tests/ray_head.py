@@ -111,7 +111,10 @@ class RayNode:
         self.head, self.name = head, name
         ports = free_ports(len(NODE_PORT_OPTIONS))
         command = [str(Path(sys.executable).parent / "ray"), "start", f"--address={head.gcs_address}",
-                   "--block", f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_mb * 10**6}",
+                   # its own temp dir, as a machine has its own disk: nodes sharing one would share (and
+                   # garbage-collect) each other's copies of a job's working dir
+                   f"--temp-dir={head.temp_dir / name}", "--block", f"--num-cpus={num_cpus}",
+                   f"--object-store-memory={object_store_mb * 10**6}",
                    f"--resources={json.dumps(resources)}", f"--node-name={name}",
                    "--node-ip-address=127.0.0.1", "--disable-usage-stats",
                    *(f"{option}={port}" for option, port in zip(NODE_PORT_OPTIONS, ports, strict=True))]

@@ -239,6 +239,24 @@ def test_batch_infer_runs_its_engine_and_tasks_on_worker_nodes(cluster, chat_mod
     assert manifest["counts"]["answered"] == 12, manifest["counts"]
 
 
+def test_a_config_sizing_a_local_ray_joins_the_ray_start_cluster_of_this_machine(cluster, tmp_path):
+    """ray.init() finds a `ray start` cluster through $RAY_TMPDIR/ray/ray_current_cluster (/tmp/ray by
+    default) and refuses sizes then; init_ray joins it anyway, saying the sizes are ignored."""
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(cluster.gcs_address)
+    script = ("from lmforge.config import RayConfig\nfrom lmforge.runtime import init_ray\nimport ray\n"
+              "init_ray(RayConfig(num_cpus=3, object_store_memory_mb=100))\n"
+              "print('JOINED', ray.get_runtime_context().gcs_address)\n")
+    env = {key: value for key, value in cluster.env.items() if key != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            check=False, env=env | {"RAY_TMPDIR": str(tmp_path),
+                                                    "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    joined = result.stdout.split("JOINED ")[-1].strip()
+    assert joined.endswith(":" + cluster.gcs_address.split(":")[1]), result.stdout[-2000:]
+    assert "are ignored" in result.stderr
+
+
 def test_a_lost_node_mid_pretrain_is_survived_with_the_uninterrupted_weights(cluster, spread_run,
                                                                               pretrain_blocks, shared_fs):
     """node-b (one of the two workers, its raylet and object store) is SIGKILLed once Ray Train has
@@ -279,7 +297,7 @@ def test_a_lost_node_mid_prepare_pretrain_still_gives_byte_identical_shards(clus
                  shared_fs, wait=False)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while job_logs(cluster, job).count("Starting execution of Dataset") < 3:  # past reading, in dedup
-        assert time.monotonic() < deadline and wait_for_status(cluster, job) == "RUNNING", \
+        assert time.monotonic() < deadline and job_status(cluster, job) in ("PENDING", "RUNNING"), \
             job_logs(cluster, job)[-3000:]
         time.sleep(0.2)
     [victim] = [node for node in cluster.nodes if node.name == "node-a"]
@@ -289,7 +307,7 @@ def test_a_lost_node_mid_prepare_pretrain_still_gives_byte_identical_shards(clus
     assert shard_digests(out) == shard_digests(pretrain_blocks["dir"])
 
 
-def wait_for_status(cluster: RayHead, submission_id: str) -> str:
+def job_status(cluster: RayHead, submission_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(cluster.dashboard_url).get_job_status(submission_id).value
