@@ -304,7 +304,21 @@ def test_a_lost_node_mid_prepare_pretrain_still_gives_byte_identical_shards(clus
     victim.kill()
     cluster.add_node("node-d", num_cpus=2, resources={"node_a": 1})
     assert wait_for_job(cluster, job) == "SUCCEEDED", job_logs(cluster, job)[-4000:]
+    # the stage's read output, materialized, lay partly in node-a's object store: Ray re-ran those reads
+    assert retried_tasks(cluster, job), "the kill cost nothing: no task failed or ran again"
     assert shard_digests(out) == shard_digests(pretrain_blocks["dir"])
+
+
+def retried_tasks(cluster: RayHead, submission_id: str) -> list[tuple[str, str, int]]:
+    """(name, state, attempt) of the job's tasks that failed or ran again (what a lost node cost)."""
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_tasks
+
+    job_id = JobSubmissionClient(cluster.dashboard_url).get_job_info(submission_id).job_id
+    return [(task.name, task.state, task.attempt_number)
+            for task in list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)],
+                                   limit=10000, raise_on_missing_output=False)
+            if task.attempt_number > 0 or task.state == "FAILED"]
 
 
 def job_status(cluster: RayHead, submission_id: str) -> str:
