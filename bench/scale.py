@@ -198,11 +198,9 @@ def measure(kind: str, size_mb: int, *args: str) -> Measured:
 
 
 def start_ray(temp_dir: Path) -> None:
-    """A private local Ray sized by the stage config's `ray` settings (as init_ray would start it)."""
-    from lmforge.config import RayConfig
-
-    cfg = RayConfig(num_cpus=NUM_CPUS, object_store_memory_mb=OBJECT_STORE_MB)
-    ray.init(address="local", num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_memory_mb * 2**20,
+    """A private local Ray (never one already running here) with an object store smaller than the corpus;
+    the stage's init_ray finds it initialized and uses it."""
+    ray.init(address="local", num_cpus=NUM_CPUS, object_store_memory=OBJECT_STORE_MB * 2**20,
              include_dashboard=False, log_to_driver=False, _temp_dir=str(temp_dir))
 
 
@@ -231,7 +229,6 @@ def prepare_config(corpus: Path, out: Path):
         "clean": {"min_chars": 10},
         "dedup": {"exact": True, "near": True, "threshold": 0.8, "num_perm": 128, "ngram": 5},
         "pack": {"block_size": BLOCK_SIZE},
-        "ray": {"num_cpus": NUM_CPUS, "object_store_memory_mb": OBJECT_STORE_MB},
     })
 
 

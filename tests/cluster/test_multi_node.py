@@ -39,6 +39,7 @@ from training_helpers import (
     weights,
 )
 
+from lmforge.config import TrainConfig
 from lmforge.train.model import TINY_CONFIGS
 
 JOB_TIMEOUT_S = 600  # a bound on every job: a stage that hangs fails its test
@@ -112,11 +113,14 @@ class JobPlacement:
         self.driver = names.get(info.driver_node_id)
         self.tasks: dict[str, set[str]] = {}  # task name -> nodes it ran on
         self.actors: dict[str, list[str]] = {}  # actor class -> the node of each instance
+        self.retried: list[tuple[str, str, int]] = []  # (name, state, attempt) of tasks that failed or reran
         if info.job_id is None:  # a driver that never connected to Ray (convert) has no Ray job
             return
         for task in list_tasks(**query):
             if task.node_id and task.type == "NORMAL_TASK":
                 self.tasks.setdefault(task.name, set()).add(names.get(task.node_id))
+            if task.attempt_number > 0 or task.state == "FAILED":
+                self.retried.append((task.name, task.state, task.attempt_number))
         for actor in list_actors(**query):
             if actor.node_id:
                 self.actors.setdefault(actor.class_name, []).append(names.get(actor.node_id))
@@ -174,8 +178,7 @@ def spread_run(cluster, pretrain_blocks, shared_fs) -> dict:
     """pretrain submitted with 2 workers and placement_strategy SPREAD, undisturbed."""
     config = pretrain_config(shared_fs / "runs", "spread", pretrain_blocks["dir"])
     job = submit(cluster, "pretrain", config, shared_fs)
-    return {"run_dir": shared_fs / "runs" / "spread", "job": job, "placement": JobPlacement(cluster, job),
-            "config": config}
+    return {"cfg": TrainConfig.model_validate(config), "job": job, "placement": JobPlacement(cluster, job)}
 
 
 def test_prepare_pretrain_runs_its_tasks_on_both_worker_nodes(pretrain_blocks):
@@ -205,13 +208,14 @@ def test_pretrain_spreads_its_two_workers_over_two_nodes(spread_run):
     workers = spread_run["placement"].actor_nodes("RayTrainWorker")
     print(spread_run["placement"].actors)
     assert sorted(workers) == ["node-a", "node-b"]
-    assert [row["step"] for row in metrics_of(spread_run["run_dir"])][-1] == 24
-    assert 24 in checkpoints_of(spread_run["run_dir"])
+    assert [row["step"] for row in metrics(spread_run["cfg"])][-1] == 24
+    assert 24 in checkpoints(spread_run["cfg"])
 
 
 def test_convert_runs_on_the_node_its_resources_name(cluster, spread_run, shared_fs):
     out = shared_fs / "spread_model"
-    job = submit(cluster, "convert", {"checkpoint": str(spread_run["run_dir"]), "output_dir": str(out),
+    run_dir = Path(spread_run["cfg"].storage_path) / spread_run["cfg"].run_name
+    job = submit(cluster, "convert", {"checkpoint": str(run_dir), "output_dir": str(out),
                                       "dtype": "fp32"},
                  shared_fs, "--entrypoint-resources", json.dumps({"node_b": 1}))
     assert JobPlacement(cluster, job).driver == "node-b"
@@ -262,8 +266,8 @@ def test_a_lost_node_mid_pretrain_is_survived_with_the_uninterrupted_weights(clu
     """node-b (one of the two workers, its raylet and object store) is SIGKILLed once Ray Train has
     registered a checkpoint and the run has gone past it; a new node joins, as an autoscaler would add one.
     The run resumes from that checkpoint and ends with the weights of the undisturbed run."""
-    run_dir = shared_fs / "runs" / "node-lost"
     config = pretrain_config(shared_fs / "runs", "node-lost", pretrain_blocks["dir"])
+    cfg, run_dir = TrainConfig.model_validate(config), shared_fs / "runs" / "node-lost"
     job = submit(cluster, "pretrain", config, shared_fs, wait=False)
     registered = None
     deadline = time.monotonic() + JOB_TIMEOUT_S
@@ -279,12 +283,12 @@ def test_a_lost_node_mid_pretrain_is_survived_with_the_uninterrupted_weights(clu
     cluster.add_node("node-c", num_cpus=2, resources={"node_b": 1})
     assert wait_for_job(cluster, job) == "SUCCEEDED", job_logs(cluster, job)[-4000:]
 
-    steps = [row["step"] for row in metrics_of(run_dir)]
+    steps = [row["step"] for row in metrics(cfg)]
     assert set(steps) == set(range(1, 25)) and steps[-1] == 24
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
     assert steps[restart] >= registered + 1  # from the checkpoint, not from step 1
-    final = weights(checkpoints_of(run_dir)[24])
-    assert max_difference(final, weights(checkpoints_of(spread_run["run_dir"])[24])) <= 1e-5
+    final = weights(checkpoints(cfg)[24])
+    assert max_difference(final, weights(checkpoints(spread_run["cfg"])[24])) <= 1e-5
 
 
 def test_a_lost_node_mid_prepare_pretrain_still_gives_byte_identical_shards(cluster, tiny_tokenizer,
@@ -305,38 +309,11 @@ def test_a_lost_node_mid_prepare_pretrain_still_gives_byte_identical_shards(clus
     cluster.add_node("node-d", num_cpus=2, resources={"node_a": 1})
     assert wait_for_job(cluster, job) == "SUCCEEDED", job_logs(cluster, job)[-4000:]
     # the stage's read output, materialized, lay partly in node-a's object store: Ray re-ran those reads
-    assert retried_tasks(cluster, job), "the kill cost nothing: no task failed or ran again"
+    assert JobPlacement(cluster, job).retried, "the kill cost nothing: no task failed or ran again"
     assert shard_digests(out) == shard_digests(pretrain_blocks["dir"])
-
-
-def retried_tasks(cluster: RayHead, submission_id: str) -> list[tuple[str, str, int]]:
-    """(name, state, attempt) of the job's tasks that failed or ran again (what a lost node cost)."""
-    from ray.job_submission import JobSubmissionClient
-    from ray.util.state import list_tasks
-
-    job_id = JobSubmissionClient(cluster.dashboard_url).get_job_info(submission_id).job_id
-    return [(task.name, task.state, task.attempt_number)
-            for task in list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)],
-                                   limit=10000, raise_on_missing_output=False)
-            if task.attempt_number > 0 or task.state == "FAILED"]
 
 
 def job_status(cluster: RayHead, submission_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(cluster.dashboard_url).get_job_status(submission_id).value
-
-
-def metrics_of(run_dir: Path) -> list[dict]:
-    return metrics(_RunRef(run_dir))
-
-
-def checkpoints_of(run_dir: Path) -> dict[int, Path]:
-    return checkpoints(_RunRef(run_dir))
-
-
-class _RunRef:
-    """The two fields of a TrainConfig the run-reading helpers use."""
-
-    def __init__(self, run_dir: Path):
-        self.storage_path, self.run_name = str(run_dir.parent), run_dir.name

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmforge.config import TokenizerTrainConfig
 from lmforge.data.files.sources import LocalSources
-from lmforge.data.steps.tokenize import TokenizerFiles, load_fast_tokenizer
+from lmforge.data.steps.tokenize import TokenizerFiles
 from lmforge.manifest import Manifest
 from lmforge.stage_outputs import TokenizerIdentity, TokenizerOutputs
 
@@ -100,19 +100,14 @@ def tokenizer_identity(path: str | Path) -> dict:
     its path, vocabulary, special ids, file hash."""
     tokenizer_json = Path(path) / "tokenizer.json"
     digest = hashlib.sha256(tokenizer_json.read_bytes()).hexdigest() if tokenizer_json.is_file() else None
-    if (files := TokenizerFiles.read(str(path))) is not None:
-        name, size, ids = files.tokenizer_class, files.vocab_size, files.special_ids
-    else:
-        tokenizer = load_fast_tokenizer(str(path))
-        name, size = type(tokenizer).__name__, len(tokenizer)
-        ids = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
+    files = TokenizerFiles.load(str(path))
     return TokenizerIdentity(
         path=str(Path(path).resolve()),
-        tokenizer_class=name,
-        vocab_size=size,
-        bos_token_id=ids["bos"],
-        eos_token_id=ids["eos"],
-        pad_token_id=ids["pad"],
+        tokenizer_class=files.tokenizer_class,
+        vocab_size=files.vocab_size,
+        bos_token_id=files.special_ids["bos"],
+        eos_token_id=files.special_ids["eos"],
+        pad_token_id=files.special_ids["pad"],
         tokenizer_json_sha256=digest,
     ).model_dump(by_alias=True)
 

@@ -41,12 +41,24 @@ _PLAIN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 class TokenizerFiles:
     """A tokenizer directory read with the `tokenizers` library alone (importing transformers takes seconds).
 
-    `read` gives it only when the files settle every id the way AutoTokenizer would; otherwise None."""
+    `read` gives it only when the files settle every id the way AutoTokenizer would, otherwise None;
+    `load` then asks AutoTokenizer. The workers' spec and the manifest's identity both come from `load`."""
 
     backend_json: str
     tokenizer_class: str
     vocab_size: int  # with added tokens, as len(AutoTokenizer)
     special_ids: dict[str, int | None]  # bos, eos, pad
+
+    @classmethod
+    def load(cls, path: str) -> TokenizerFiles:
+        """The files read directly where they settle every id; else what AutoTokenizer makes of them (which
+        also says why a directory is no fast tokenizer with an EOS)."""
+        if (files := cls.read(path)) is not None:
+            return files
+        tokenizer = load_fast_tokenizer(path)
+        return cls(tokenizer.backend_tokenizer.to_str(), type(tokenizer).__name__, len(tokenizer),
+                   {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+                    "pad": tokenizer.pad_token_id})
 
     @classmethod
     def read(cls, path: str) -> TokenizerFiles | None:
@@ -90,16 +102,11 @@ class TokenizerSpec:
 
     @classmethod
     def from_directory(cls, path: str, add_bos: bool = False) -> TokenizerSpec:
-        if (files := TokenizerFiles.read(path)) is not None:
-            ids = files.special_ids
-            backend_json, eos_id, bos_id = files.backend_json, ids["eos"], ids["bos"]
-        else:  # AutoTokenizer settles it, and says why a directory is no fast tokenizer with an EOS
-            tokenizer = load_fast_tokenizer(path)
-            backend_json = tokenizer.backend_tokenizer.to_str()
-            eos_id, bos_id = tokenizer.eos_token_id, tokenizer.bos_token_id
+        files = TokenizerFiles.load(path)
+        bos_id = files.special_ids["bos"]
         if add_bos and bos_id is None:
             raise ValueError(f"tokenizer {path}: add_bos is set but it has no BOS token")
-        return cls(backend_json, eos_id, bos_id if add_bos else None)
+        return cls(files.backend_json, files.special_ids["eos"], bos_id if add_bos else None)
 
 
 def tokenize_batch(batch: pa.Table, spec: TokenizerSpec, threads: int = 1) -> pa.Table:
