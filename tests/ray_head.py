@@ -21,8 +21,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psutil
-
 NODE_PORT_OPTIONS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                      "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")
 PORT_OPTIONS = ("--port", "--dashboard-port", "--ray-client-server-port", *NODE_PORT_OPTIONS)
@@ -142,17 +140,6 @@ class RayNode:
                     return
             time.sleep(1)
         raise TimeoutError(f"node {self.name} not alive after {timeout_s} s")
-
-    def worker_pids(self) -> list[int]:
-        """Pids of this node's process group (raylet, its workers, agents) other than `ray start` itself."""
-        pids = []
-        for proc in psutil.process_iter(["pid"]):
-            try:
-                if os.getpgid(proc.pid) == self.process.pid and proc.pid != self.process.pid:
-                    pids.append(proc.pid)
-            except (ProcessLookupError, psutil.Error):
-                continue
-        return pids
 
     def kill(self) -> None:
         """The node lost, as a machine dies: SIGKILL to its raylet, its workers and `ray start`."""
