@@ -22,6 +22,9 @@ STAGE_OF_PREFIX = {
     "eval": "eval",
     "batch_infer": "batch-infer",
     "pipeline": "pipeline",
+    "preference_data": "prepare-preference",
+    "dpo": "align",
+    "align": "align",
 }
 
 

@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from lmforge.config import ConfigError, TrainConfig, describe_fields, load_config
+from lmforge.config import ConfigError, describe_fields, load_config
 from lmforge.stages import STAGES
 
 
@@ -52,14 +52,14 @@ def _add_config_arguments(sub, config_help: str, override_example: str) -> None:
 
 
 def _add_plan(stages) -> None:
-    """`lmforge plan CONFIG [key=value ...]`: a pretrain/sft config, checked for memory instead of run."""
+    """`lmforge plan CONFIG [key=value ...]`: a pretrain/sft/align config, checked for memory instead of run."""
     sub = stages.add_parser(
-        "plan", help="GPU and CPU memory per worker of a pretrain/sft config, and whether it fits.",
-        description="Estimate per-worker GPU memory and CPU RAM of a pretrain/sft config under ZeRO-3 with "
+        "plan", help="GPU and CPU memory per worker of a pretrain/sft/align config, and whether it fits.",
+        description="Estimate per-worker GPU memory and CPU RAM of a pretrain/sft/align config under ZeRO-3 with "
         "and without offload (formulas: lmforge/train/plan.py), against plan.gpu_memory_gib / "
         "plan.cpu_memory_gib. Exit 0: it fits; 1: it does not; 2: it cannot be planned.",
     )
-    _add_config_arguments(sub, "YAML config of lmforge pretrain or sft", "micro_batch_size=2")
+    _add_config_arguments(sub, "YAML config of lmforge pretrain, sft or align", "micro_batch_size=2")
 
 
 def _add_submit(stages) -> None:
@@ -114,10 +114,10 @@ def _run_submit(args) -> int:
 
 
 def _run_plan(args) -> int:
-    from lmforge.train.plan import plan_report
+    from lmforge.train.plan import load_plan_config, plan_report
 
     try:
-        report, fits = plan_report(load_config(TrainConfig, args.config, args.overrides), args.config)
+        report, fits = plan_report(load_plan_config(args.config, args.overrides), args.config)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"lmforge plan: {exc}", file=sys.stderr)
         return 2

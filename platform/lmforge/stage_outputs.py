@@ -86,6 +86,33 @@ class SFTRows(PreparedData):
         return self.max_length
 
 
+class PreferenceRows(PreparedData):
+    """prepare-preference: packed rows of whole (chosen, rejected) pairs (KTO: sample + KL sequence)."""
+
+    max_length: int
+    row_length: int
+    pack_mode: str
+    template: str
+    chat_template: str
+    eos_token_id: int
+    dedup_key: str
+    paired: bool
+    rows: int
+    pairs: int
+    sequences: int
+    tokens: int
+    trained_tokens: int
+    utilisation: float
+    truncated: int
+    desirable: int | None
+    undesirable: int | None
+    reference: dict[str, Any] | None = None
+
+    @property
+    def sequence_length(self) -> int:
+        return self.row_length
+
+
 class TrainingRun(StrictModel):
     run_dir: str
     checkpoint: str | None

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from lmforge import stage_outputs as out
 from lmforge.config import (
+    AlignTrainConfig,
     BatchInferConfig,
     ConvertConfig,
     EvalConfig,
@@ -84,6 +85,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("sft", TrainConfig, "lmforge.train.run:run_sft",
           "Supervised fine-tuning (full or LoRA) on prepared SFT rows: Ray Train + DeepSpeed ZeRO.",
           out.TrainingRun, rerun="resumes", where=_training_run_dir),
+    Stage("align", AlignTrainConfig, "lmforge.train.run:run_align",
+          "Preference training (DPO, IPO, SimPO, ORPO, KTO; full or LoRA) on prepare-preference rows: "
+          "Ray Train + DeepSpeed ZeRO.", out.TrainingRun, rerun="resumes", where=_training_run_dir),
     Stage("convert", ConvertConfig, "lmforge.convert.convert:run_convert",
           "ZeRO-3 checkpoint -> Hugging Face model dir (safetensors, tokenizer, chat template; LoRA merged).",
           out.ModelDir),

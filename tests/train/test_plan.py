@@ -159,3 +159,40 @@ def test_cli_prints_the_verdict_and_exits_1_when_the_config_does_not_fit():
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 1, result.stderr
     assert "VERDICT: DOES NOT FIT" in result.stdout
+
+
+def _dpo_7b(tmp_path, **fields):
+    from lmforge.train.plan import load_plan_config
+
+    cfg = load_plan_config(str(REPO / "configs" / "cluster" / "dpo_7b.yaml"), [])
+    (tmp_path / "Qwen2.5-7B").mkdir(exist_ok=True)
+    (tmp_path / "Qwen2.5-7B" / "config.json").write_text(json.dumps(SHAPES["Qwen2.5-7B"]))
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(tmp_path / "Qwen2.5-7B")}),
+                                  **fields})
+
+
+def test_the_7b_dpo_config_fits_and_a_frozen_reference_costs_its_partition(tmp_path):
+    from lmforge.config import AlignTrainConfig
+    from lmforge.train.plan import model_shape, model_states
+
+    cfg = _dpo_7b(tmp_path)
+    assert isinstance(cfg, AlignTrainConfig)
+    report, fits = plan_report(cfg, "dpo_7b")
+    assert fits, report
+    assert "align     dpo" in report and "reference: a frozen copy in the loop" in report  # data not prepared
+    precomputed = cfg.model_copy(update={"reference": "precomputed"})
+    assert "reference: precomputed log-probs" in plan_report(precomputed, "dpo_7b")[0]
+    shape = model_shape(cfg, 0)
+    frozen, _ = model_states(shape, cfg, True, False)
+    without, _ = model_states(shape, precomputed, True, False)
+    assert frozen - without == 2 * shape.params / cfg.num_workers  # bf16 parameters, partitioned 8 ways
+    reference_free = cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"loss": "simpo"})})
+    assert model_states(shape, reference_free, True, False)[0] == without
+
+
+def test_plan_reads_a_pretrain_config_as_pretrain_and_a_dpo_config_as_align():
+    from lmforge.config import AlignTrainConfig
+    from lmforge.train.plan import load_plan_config
+
+    assert type(load_plan_config(str(REPO / "configs" / "cluster" / "sft_lora.yaml"), [])) is TrainConfig
+    assert type(load_plan_config(str(REPO / "configs" / "cluster" / "dpo_7b.yaml"), [])) is AlignTrainConfig

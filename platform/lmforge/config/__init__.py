@@ -47,17 +47,20 @@ from lmforge.config.infer import (
 from lmforge.config.pipeline import PipelineConfig, PipelineStageConfig
 from lmforge.config.serve import AutoscalingConfig, ServeConfig
 from lmforge.config.train import (
+    AlignTrainConfig,
     CheckpointConfig,
     LoraConfig,
     ModelConfig,
     OptimConfig,
     PlanConfig,
+    PreferenceConfig,
     TrainConfig,
     TrainDataConfig,
     ZeroConfig,
 )
 
 __all__ = [
+    "AlignTrainConfig",
     "AutoscalingConfig",
     "BaseSourceConfig",
     "BatchInferConfig",
@@ -81,6 +84,7 @@ __all__ = [
     "PipelineConfig",
     "PipelineStageConfig",
     "PlanConfig",
+    "PreferenceConfig",
     "PretrainDataConfig",
     "PromptSourceConfig",
     "RayConfig",

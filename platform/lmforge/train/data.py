@@ -17,7 +17,7 @@ import ray.data
 
 from lmforge.data.steps.hashing import splitmix64
 from lmforge.manifest import Manifest
-from lmforge.stage_outputs import PreparedData, SFTRows, TokenBlocks, outputs_of
+from lmforge.stage_outputs import PreferenceRows, PreparedData, SFTRows, TokenBlocks, outputs_of
 from lmforge.stages import STAGES
 
 
@@ -25,7 +25,9 @@ from lmforge.stages import STAGES
 class TrainData:
     """What a run needs to know about its data, from the data stage's manifest."""
 
-    kind: str  # "pretrain" (blocks, doc_lens) or "sft" (rows with labels, position_ids, boundaries)
+    # "pretrain" (blocks, doc_lens), "sft" (rows with labels, position_ids, boundaries) or "preference"
+    # (sft-like rows of whole pairs, plus kinds, pair_keys and maybe ref_logps per sequence)
+    kind: str
     files: tuple[str, ...]
     rows: int
     sequence_length: int  # the data's block_size or max_length (stage_outputs: PreparedData.sequence_length)
@@ -34,14 +36,17 @@ class TrainData:
     pad_token_id: int
     tokenizer_dir: str
     chat_template: str | None
+    paired: bool = True  # preference: chosen/rejected pairs; False: KTO samples, each with its KL sequence
+    reference_logps: bool = False  # preference: the rows carry the reference model's ref_logps
 
     @property
     def row_id(self) -> str:
         return "block" if self.kind == "pretrain" else "row"
 
 
-def read_prepared_data(directory: str | Path) -> TokenBlocks | SFTRows:
-    """The outputs of the prepare-pretrain or prepare-sft run in `directory`; ValueError: what to rerun."""
+def read_prepared_data(directory: str | Path) -> TokenBlocks | SFTRows | PreferenceRows:
+    """The outputs of the prepare-pretrain, prepare-sft or prepare-preference run in `directory`;
+    ValueError: what to rerun."""
     manifest = Manifest.read(directory)
     stage = STAGES.get(manifest.stage)
     if stage is None or stage.outputs is None or not issubclass(stage.outputs, PreparedData):
@@ -62,9 +67,10 @@ def load_train_data(directory: str) -> TrainData:
     if rows == 0:
         raise ValueError(f"data.dir {directory}: the dataset is empty (0 rows); check its manifest counts")
     tokenizer = prepared.tokenizer
-    sft = isinstance(prepared, SFTRows)
+    preference = isinstance(prepared, PreferenceRows)
+    sft = isinstance(prepared, SFTRows) or preference
     return TrainData(
-        kind="sft" if sft else "pretrain",
+        kind="preference" if preference else "sft" if sft else "pretrain",
         files=files,
         rows=rows,
         sequence_length=prepared.sequence_length,
@@ -73,6 +79,8 @@ def load_train_data(directory: str) -> TrainData:
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         tokenizer_dir=tokenizer.path,
         chat_template=prepared.chat_template if sft else None,
+        paired=prepared.paired if preference else True,
+        reference_logps=preference and prepared.reference is not None,
     )
 
 

@@ -23,7 +23,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from lmforge.config import TrainConfig
+from lmforge.config import AlignTrainConfig, TrainConfig
 from lmforge.train.batches import IGNORE_INDEX, model_inputs, pretrain_batch, sft_batch
 from lmforge.train.checkpoint import (
     TrainerState,
@@ -36,6 +36,13 @@ from lmforge.train.data import TrainData, train_split
 from lmforge.train.deepspeed_config import deepspeed_config, fused_adamw, patch_deepspeed_for_cpu
 from lmforge.train.metrics import MetricsLog, model_flops_utilisation
 from lmforge.train.model import apply_lora, build_model
+from lmforge.train.preference_step import (
+    Reference,
+    build_reference,
+    preference_micro_batch,
+    reference_kind,
+    statistics_means,
+)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -44,14 +51,14 @@ class NonFiniteLoss(RuntimeError):
 
 def train_loop(config: dict) -> None:
     """Ray Train entry point; `config` holds the TrainConfig, the TrainData and the step plan."""
-    cfg = TrainConfig.model_validate(config["cfg"])
     data = TrainData(**config["data"])
+    cfg = (AlignTrainConfig if data.kind == "preference" else TrainConfig).model_validate(config["cfg"])
     total_steps = config["total_steps"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
 
     patch_deepspeed_for_cpu()
-    engine, state = start_engine(cfg, data, total_steps, context)
+    engine, state, reference = start_engine(cfg, data, total_steps, context)
     model = engine.module
     if rank == 0:
         remove_unregistered_checkpoints(config["run_dir"], state.step)
@@ -59,7 +66,7 @@ def train_loop(config: dict) -> None:
     log = MetricsLog(config["run_dir"], enabled=rank == 0, total_steps=total_steps)
     flops = config["flops_per_token"]
     last_saved = state.step
-    step_started, step_losses, step_tokens = time.perf_counter(), [], 0
+    step_started, step_losses, step_tokens, step_stats = time.perf_counter(), [], 0, []
     for epoch in range(state.epoch, config["epochs"]):
         rows_done = state.rows_in_epoch if epoch == state.epoch else 0
         # Each rank reads its own dataset of the epoch, already ordered and holding only whole global
@@ -73,12 +80,18 @@ def train_loop(config: dict) -> None:
                 continue
             if engine.global_steps >= total_steps:
                 break
-            inputs = _to_inputs(batch, data, model.config.model_type)
-            loss = engine(**inputs).loss
+            if data.kind == "preference":
+                loss, stats, tokens = preference_micro_batch(engine, reference, batch, data, cfg,
+                                                             model.config.model_type)
+                step_stats.append(stats)
+            else:
+                inputs = _to_inputs(batch, data, model.config.model_type)
+                loss = engine(**inputs).loss
+                tokens = int((inputs["labels"] != IGNORE_INDEX).sum())
             engine.backward(loss)
             engine.step()
             step_losses.append(loss.detach().float())
-            step_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
+            step_tokens += tokens
             if len(step_losses) < cfg.gradient_accumulation_steps:
                 continue
             step = engine.global_steps
@@ -100,8 +113,10 @@ def train_loop(config: dict) -> None:
                 mfu = model_flops_utilisation(tokens_per_s, flops, config.get("peak_flops"))
                 if mfu is not None:
                     metrics["mfu"] = mfu
+                if step_stats:
+                    metrics.update(statistics_means(step_stats))
             if cfg.eval_every and step % cfg.eval_every == 0 or step == total_steps:
-                metrics.update(evaluate(engine, data, cfg))
+                metrics.update(evaluate(engine, data, cfg, reference))
             if metrics:
                 log.write(step, metrics)
             stop = step == total_steps or step == cfg.stop_after_step
@@ -110,7 +125,7 @@ def train_loop(config: dict) -> None:
             if step % cfg.checkpoint.every_steps == 0 or stop:
                 save_checkpoint(engine, state, {"step": step, **metrics}, rank)
                 last_saved = step
-            step_started, step_losses, step_tokens = time.perf_counter(), [], 0
+            step_started, step_losses, step_tokens, step_stats = time.perf_counter(), [], 0, []
             if stop:
                 log.close()
                 return
@@ -120,15 +135,15 @@ def train_loop(config: dict) -> None:
 
 
 def start_engine(cfg: TrainConfig, data: TrainData, total_steps: int, context) -> tuple:
-    """The DeepSpeed engine and the run's position: fresh,
-    or loaded from the checkpoint Ray Train hands back."""
+    """The DeepSpeed engine, the run's position (fresh, or loaded from the checkpoint Ray Train hands back)
+    and, for align, where its reference log-probs come from."""
     ds_config = deepspeed_config(cfg, on_gpu=cfg.use_gpu, total_steps=total_steps)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         engine = build_engine(cfg, data, ds_config)
         if engine.lr_scheduler is not None:
             engine.lr_scheduler.step(0)  # DeepSpeed's first step would otherwise run at the pre-warmup lr (0)
-        return engine, TrainerState(world_size=context.get_world_size())
+        return engine, TrainerState(world_size=context.get_world_size()), _reference(cfg, data, ds_config)
     # On shared disk this is the stored checkpoint itself; from remote storage a local copy, removed on exit.
     with checkpoint.as_directory() as resume_dir:
         state = read_state(resume_dir)
@@ -137,7 +152,14 @@ def start_engine(cfg: TrainConfig, data: TrainData, total_steps: int, context) -
             ds_config["checkpoint"] = {"load_universal": True}
         engine = build_engine(cfg, data, ds_config)
         engine.load_checkpoint(resume_dir, tag=tag or state.tag)
-    return engine, state
+    # the frozen reference is the starting model again, never the checkpoint: it is not trained
+    return engine, state, _reference(cfg, data, ds_config)
+
+
+def _reference(cfg: TrainConfig, data: TrainData, ds_config: dict) -> Reference | None:
+    if not isinstance(cfg, AlignTrainConfig):
+        return None
+    return build_reference(reference_kind(cfg, data), cfg, data, ds_config)
 
 
 def build_engine(cfg: TrainConfig, data: TrainData, ds_config: dict):
@@ -168,11 +190,20 @@ def build_engine(cfg: TrainConfig, data: TrainData, ds_config: dict):
     return engine
 
 
-def evaluate(engine, data: TrainData, cfg: TrainConfig) -> dict[str, float]:
-    """Token-weighted eval loss over every worker's share of the held-out rows, and its perplexity."""
+def evaluate(engine, data: TrainData, cfg: TrainConfig, reference: Reference | None) -> dict[str, float]:
+    """Token-weighted eval loss over every worker's share of the held-out rows, and its perplexity;
+    align: the preference loss and rewards over the held-out pairs."""
     if not cfg.data.eval_rows:
         return {}
     engine.eval()
+    if data.kind == "preference":
+        with torch.no_grad():
+            stats = [preference_micro_batch(engine, reference, batch, data, cfg,
+                                            engine.module.config.model_type)[1]
+                     for batch in ray.train.get_dataset_shard("eval").iter_batches(
+                         batch_size=cfg.micro_batch_size, batch_format="numpy")]
+        engine.train()
+        return {f"eval_{name}": value for name, value in statistics_means(stats).items()}
     total_loss, total_tokens = torch.zeros(()), torch.zeros(())
     with torch.no_grad():
         for batch in ray.train.get_dataset_shard("eval").iter_batches(

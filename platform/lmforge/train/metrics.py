@@ -42,7 +42,8 @@ class MetricsLog:
         if self._first is None:
             self._first = (now, step)
         parts = [f"step {step}/{self.total_steps or '?'}"]
-        parts += [f"{name} {metrics[name]:.4g}" for name in ("loss", "eval_loss", "lr") if name in metrics]
+        shown = ("loss", "eval_loss", "reward_accuracy", "reward_margin", "lr")  # rewards: align runs only
+        parts += [f"{name} {metrics[name]:.4g}" for name in shown if name in metrics]
         if "tokens_per_s" in metrics:
             parts.append(f"tokens/s {metrics['tokens_per_s']:.0f}")
         started, first_step = self._first
@@ -55,25 +56,44 @@ class MetricsLog:
         if self.enabled:
             self._tensorboard.close()
             plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+            plot_rewards(self.run_dir / "metrics.jsonl", self.run_dir / "rewards.png")
 
 
 def plot_loss(metrics_file: Path, png: Path) -> None:
     """loss (and eval_loss, when logged) against step."""
+    _plot(metrics_file, png, [("loss", ("loss", "eval_loss"))])
+
+
+def plot_rewards(metrics_file: Path, png: Path) -> None:
+    """align: chosen and rejected rewards with their margin, and reward accuracy, against step
+    (nothing for runs that log no rewards)."""
+    _plot(metrics_file, png, [
+        ("reward", ("rewards_chosen", "rewards_rejected", "reward_margin", "eval_reward_margin")),
+        ("reward accuracy", ("reward_accuracy", "eval_reward_accuracy")),
+    ])
+
+
+def _plot(metrics_file: Path, png: Path, panels: list[tuple[str, tuple[str, ...]]]) -> None:
+    """One panel per (y label, metric names), each metric against step; no file when none was logged."""
+    rows = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line]
+    if not any(name in row for _, names in panels for name in names for row in rows):
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line]
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for name in ("loss", "eval_loss"):
-        points = [(r["step"], r[name]) for r in rows if name in r]
-        if points:
-            axis.plot(*zip(*points, strict=True), label=name, marker="o" if name == "eval_loss" else None)
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    axis.legend()
-    axis.grid(alpha=0.3)
+    figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
+    for axis, (label, names) in zip(axes[0], panels, strict=True):
+        for name in names:
+            points = [(r["step"], r[name]) for r in rows if name in r]
+            if points:
+                axis.plot(*zip(*points, strict=True), label=name,
+                          marker="o" if name.startswith("eval_") else None)
+        axis.set_xlabel("step")
+        axis.set_ylabel(label)
+        axis.legend()
+        axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(png, dpi=100)
     plt.close(figure)

@@ -1,4 +1,4 @@
-"""`lmforge plan CONFIG`: GPU memory and CPU RAM per worker of a pretrain/sft run under ZeRO-3,
+"""`lmforge plan CONFIG`: GPU memory and CPU RAM per worker of a pretrain/sft/align run under ZeRO-3,
 before submitting.
 
 Symbols: N parameters (T of them trainable: N, or the LoRA adapters), L parameters of the largest module,
@@ -29,6 +29,12 @@ a heads, l layers, vocabulary V, p bytes per activation = P), bytes saved for ba
 This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models": 34sbh bytes
 per GPT layer) without dropout masks and with fused attention; expect it to be within ~20%.
 
+align (DPO and friends): a row holds whole pairs, so its sequence length (prepare-preference's row_length)
+is already 2 x max_length. A reference model in the loop costs, for full fine-tuning, a frozen copy partitioned
+like the policy: P*N / G more GPU per worker (CPU per node when parameters are offloaded), no gradient or
+optimizer state; its forward saves no activations. Precomputed reference log-probs (prepare-preference
+reference.model_dir), LoRA (the adapters disabled) and the reference-free losses (simpo, orpo) cost nothing.
+
 A configuration fits when max(GPU model states + activations, P*N) <= 90% of plan.gpu_memory_gib (the rest
 is the CUDA context, NCCL buffers and allocator fragmentation) and, when plan.cpu_memory_gib is set, CPU per
 node <= it.
@@ -40,10 +46,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.config import TrainConfig
-from lmforge.manifest import MANIFEST_NAME
-from lmforge.stage_outputs import TokenBlocks
+from lmforge.config import AlignTrainConfig, TrainConfig, load_config
+from lmforge.manifest import MANIFEST_NAME, Manifest
+from lmforge.stage_outputs import PreferenceRows, TokenBlocks
 from lmforge.train.data import read_prepared_data
+from lmforge.train.preference import needs_reference
 
 GIB = 2**30
 USABLE_GPU_FRACTION = 0.9
@@ -134,15 +141,37 @@ def _lora_params(model, cfg: TrainConfig) -> int:
     return sum(cfg.lora.r * (m.in_features + m.out_features) for m in adapted)
 
 
+def load_plan_config(path: str, overrides: list[str]) -> TrainConfig:
+    """The config as `lmforge align` reads it when it is one (a preference: or reference: setting, or data.dir
+    prepared by prepare-preference), else as pretrain/sft read it."""
+    cfg = load_config(AlignTrainConfig, path, overrides)  # a superset: pretrain/sft configs validate too
+    manifest = Path(cfg.data.dir) / MANIFEST_NAME
+    preference_data = manifest.is_file() and Manifest.read(cfg.data.dir).stage == "prepare-preference"
+    if {"preference", "reference"} & cfg.model_fields_set or preference_data:
+        return cfg
+    return TrainConfig.model_validate(cfg.model_dump(exclude={"preference", "reference"}))
+
+
+def frozen_reference(cfg: TrainConfig) -> bool:
+    """Whether this run keeps a frozen copy of the model as its reference (align, full, not precomputed)."""
+    if not isinstance(cfg, AlignTrainConfig) or cfg.lora.enabled or not needs_reference(cfg.preference.loss):
+        return False
+    if cfg.reference != "auto":
+        return cfg.reference == "in_loop"
+    manifest = Path(cfg.data.dir) / MANIFEST_NAME
+    return not (manifest.is_file() and read_prepared_data(cfg.data.dir).reference is not None)
+
+
 def model_states(
     shape: ModelShape, cfg: TrainConfig, offload_optimizer: bool, offload_params: bool
 ) -> tuple[float, float]:
     """(GPU bytes per worker, CPU bytes per node) of parameters, gradients and optimizer state
-    (formula above)."""
+    (formula above), and of align's frozen reference model."""
     param_bytes, state_bytes = (4, 12) if cfg.zero.precision == "fp32" else (2, 16)
     gpus, per_node = cfg.num_workers, cfg.plan.gpus_per_node
     nodes = math.ceil(gpus / per_node)
-    params_total = param_bytes * shape.params
+    copies = 2 if frozen_reference(cfg) else 1
+    params_total = copies * param_bytes * shape.params
     states_total = state_bytes * shape.trainable_params
     gpu = 2 * param_bytes * shape.largest_module_params
     gpu += (0 if offload_params else params_total) / gpus + (0 if offload_optimizer else states_total) / gpus
@@ -188,7 +217,8 @@ def sequence_and_vocab(cfg: TrainConfig) -> tuple[int, int, str]:
     """(sequence length, tokenizer vocab size or 0, where the length came from): data.dir's manifest first."""
     if (Path(cfg.data.dir) / MANIFEST_NAME).is_file():
         prepared = read_prepared_data(cfg.data.dir)
-        key = "block_size" if isinstance(prepared, TokenBlocks) else "max_length"
+        key = ("block_size" if isinstance(prepared, TokenBlocks)
+               else "row_length" if isinstance(prepared, PreferenceRows) else "max_length")
         return (prepared.sequence_length, prepared.tokenizer.vocab_size,
                 f"{key} of {cfg.data.dir}/{MANIFEST_NAME}")
     if cfg.plan.sequence_length is None:
@@ -205,6 +235,8 @@ def plan_report(cfg: TrainConfig, where: str) -> tuple[str, bool]:
     rows = [memory(shape, cfg, seq_len, *choice) for choice in dict.fromkeys([*OFFLOAD_CHOICES, chosen])]
     mine = next(m for m in rows if (m.offload_optimizer, m.offload_params) == chosen)
     lines = [f"lmforge plan: {where}", *_describe_run(cfg, shape, seq_len, seq_source)]
+    if isinstance(cfg, AlignTrainConfig):
+        lines.insert(3, _describe_alignment(cfg, shape))
     lines += [_row(mem, cfg) + ("   <- this config" if mem is mine else "") for mem in rows]
     fits = fits_gpu(mine, cfg) and fits_cpu(mine, cfg) is not False
     lines.append(_verdict(mine, cfg, fits))
@@ -240,6 +272,21 @@ def _describe_run(cfg: TrainConfig, shape: ModelShape, seq_len: int, seq_source:
         (f"    {'offload':<18}{'model states':>13}{'activations':>13}{'GPU peak':>11}  {'GPU':<9}"
          f"{'CPU/worker':>11}{'CPU/node':>10}  CPU"),
     ]
+
+
+def _describe_alignment(cfg: AlignTrainConfig, shape: ModelShape) -> str:
+    loss = cfg.preference.loss
+    if not needs_reference(loss):
+        reference = "none (reference-free loss)"
+    elif cfg.lora.enabled:
+        reference = "the model with its LoRA adapters disabled (no extra memory)"
+    elif frozen_reference(cfg):
+        param_bytes = 4 if cfg.zero.precision == "fp32" else 2
+        reference = (f"a frozen copy in the loop: +{param_bytes * shape.params / cfg.num_workers / GIB:.1f} GiB "
+                     "per worker (ZeRO-3 partitioned; precompute it with prepare-preference reference.model_dir)")
+    else:
+        reference = "precomputed log-probs in the data (no reference model)"
+    return f"  align     {loss}, each row holds whole pairs (chosen + rejected); reference: {reference}"
 
 
 def _count(n: int) -> str:

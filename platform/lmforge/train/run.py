@@ -18,7 +18,7 @@ from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lmforge.config import TrainConfig
+from lmforge.config import AlignTrainConfig, TrainConfig
 from lmforge.manifest import Manifest
 from lmforge.runtime import init_ray
 from lmforge.stage_outputs import TrainingRun
@@ -34,9 +34,12 @@ from lmforge.train.data import (
 from lmforge.train.deepspeed_config import deepspeed_config
 from lmforge.train.loop import train_loop
 from lmforge.train.model import flops_per_token, max_positions, model_config
+from lmforge.train.preference import needs_reference
 from lmforge.train.run_spec import write_run_spec
 
 log = logging.getLogger(__name__)
+
+_COMMANDS = {"pretrain": "pretrain", "sft": "sft", "preference": "align"}  # the stage that reads each kind
 
 
 def run_pretrain(cfg: TrainConfig) -> Manifest:
@@ -47,12 +50,19 @@ def run_sft(cfg: TrainConfig) -> Manifest:
     return run_training(cfg, expected_kind="sft")
 
 
+def run_align(cfg: AlignTrainConfig) -> Manifest:
+    return run_training(cfg, expected_kind="preference")
+
+
 def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
     data = load_train_data(cfg.data.dir)
     if data.kind != expected_kind:
-        raise ValueError(f"data.dir {cfg.data.dir} holds {data.kind} data; `lmforge {expected_kind}` needs "
-                         f"the output of prepare-{expected_kind}")
+        raise ValueError(f"data.dir {cfg.data.dir} holds {data.kind} data; `lmforge {_COMMANDS[expected_kind]}` "
+                         f"needs the output of prepare-{expected_kind} (`lmforge {_COMMANDS[data.kind]}` "
+                         "trains on this)")
     check_model_fits_data(cfg, data)
+    if isinstance(cfg, AlignTrainConfig):
+        check_preference_data(cfg, data)
     steps_per_epoch = (data.rows - cfg.data.eval_rows) // cfg.global_batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"data.dir {cfg.data.dir}: {data.rows - cfg.data.eval_rows} training rows are "
@@ -105,7 +115,7 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
     if result.error:
         raise result.error
     manifest = Manifest(
-        stage=f"{expected_kind}-train",
+        stage=f"{expected_kind}-train",  # pretrain-train, sft-train, preference-train
         config=cfg.model_dump(),
         inputs=[{"data_dir": str(Path(cfg.data.dir).resolve()), "rows": data.rows, "kind": data.kind}],
         outputs=TrainingRun(
@@ -122,6 +132,18 @@ def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
     )
     manifest.write(run_dir)
     return manifest
+
+
+def check_preference_data(cfg: AlignTrainConfig, data: TrainData) -> None:
+    """The loss fits the data (KTO needs unpaired data, the others pairs) and its reference is there."""
+    loss = cfg.preference.loss
+    if (loss == "kto") == data.paired:
+        needs, has = ("KTO samples (kto records)", "pairs") if loss == "kto" else ("pairs", "KTO samples")
+        raise ValueError(f"data.dir {cfg.data.dir} holds {has}; preference.loss {loss} needs {needs}")
+    if cfg.reference == "precomputed" and needs_reference(loss) and not data.reference_logps:
+        raise ValueError(f"data.dir {cfg.data.dir} has no precomputed reference log-probs (ref_logps); set "
+                         "reference.model_dir in prepare-preference's config and rerun it, or set "
+                         "reference: in_loop (or auto)")
 
 
 def check_model_fits_data(cfg: TrainConfig, data: TrainData) -> None:

@@ -1,5 +1,5 @@
 """`run.json` in a training run's directory: what its checkpoints hold (model, LoRA, vocabulary, tokenizer,
-chat template), written by `lmforge pretrain/sft` and read by `lmforge convert`, both through this module."""
+chat template), written by `lmforge pretrain/sft/align` and read by `lmforge convert`, both through this module."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from lmforge.config import TrainConfig
+from lmforge.config import AlignTrainConfig, TrainConfig
 from lmforge.train.data import TrainData
 
 RUN_SPEC = "run.json"
@@ -28,6 +28,8 @@ def read_run_spec(run_dir: Path) -> tuple[TrainConfig, TrainData]:
                                 "give a checkpoint of an lmforge run (or its run dir)")
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-        return TrainConfig.model_validate(spec["config"]), TrainData(**spec["data"])
+        data = TrainData(**spec["data"])
+        config = AlignTrainConfig if data.kind == "preference" else TrainConfig
+        return config.model_validate(spec["config"]), data
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a run spec this lmforge version reads ({exc})") from None

@@ -1,0 +1,19 @@
+"""`lmforge prepare-preference`: preference datasets -> packed rows of whole pairs
+(lmforge.data.stages.prepare_preference), then, with `reference.model_dir`, the reference model's
+log-probs of every sequence (lmforge.align.reference), both inside one staged output directory."""
+
+from __future__ import annotations
+
+from lmforge.align.reference import add_reference_logps
+from lmforge.config import PreferenceDataConfig
+from lmforge.data.stages.prepare_preference import prepare_preference_rows
+from lmforge.manifest import Manifest
+from lmforge.output_dir import staged_output_dir
+
+
+def run_prepare_preference(cfg: PreferenceDataConfig) -> Manifest:
+    with staged_output_dir(cfg.output_dir) as out:
+        manifest = prepare_preference_rows(cfg, out)
+        if cfg.reference.model_dir:
+            manifest = add_reference_logps(cfg, out)
+    return manifest
