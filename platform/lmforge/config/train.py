@@ -93,6 +93,48 @@ class PlanConfig(StrictModel):
     )
 
 
+class PreferenceConfig(StrictModel):
+    """Preference alignment: which loss and its hyperparameters (lmforge.train.preference computes them)."""
+
+    loss: Literal["dpo", "ipo", "simpo", "orpo", "kto"] = Field(
+        "dpo",
+        description="Objective: dpo, ipo and kto compare the policy with a frozen reference model "
+        "(paired chosen/rejected answers, kto unpaired desirable/undesirable ones); simpo and orpo "
+        "need no reference.",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="Strength of the preference term, read by every loss: the inverse temperature of "
+        "dpo, simpo and kto, the regulariser tau of ipo (its target margin is 1 / (2 beta)), the weight "
+        "of orpo's odds-ratio term.",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Assumed probability that a pair's preference is flipped (conservative DPO), read "
+        "by dpo and simpo; 0 trusts every label.",
+    )
+    simpo_gamma: float = Field(
+        0.5,
+        ge=0,
+        description="Target reward margin of simpo: the loss pushes beta * (mean log-prob of chosen - "
+        "of rejected) above it.",
+    )
+    desirable_weight: float = Field(
+        1.0, gt=0, description="Weight of the loss on desirable samples, read by kto."
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="Weight of the loss on undesirable samples, read by kto."
+    )
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loss needs the frozen reference model's log-probs: dpo, ipo and kto do."""
+        return self.loss in ("dpo", "ipo", "kto")
+
+
 class TrainConfig(StrictModel):
     """`lmforge pretrain` / `lmforge sft`: Ray Train + DeepSpeed on prepared data."""
 
