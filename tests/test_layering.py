@@ -27,7 +27,8 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("module", "source", "contract", "shown"), [
     ("data/_violation.py", "import lmforge.cli\n", "nothing imports the CLI",
      "lmforge.data._violation -> lmforge.cli"),
-    ("data/_violation.py", "from lmforge.train import loop\n", "data never imports train, align, serve or infer",
+    ("data/_violation.py", "from lmforge.train import loop\n",
+     "data never imports train, align, serve or infer",
      "lmforge.data._violation -> lmforge.train.loop"),
     ("config/_violation.py", "from lmforge import runtime\n",
      "config is the bottom layer: it imports nothing else of lmforge",

@@ -52,11 +52,11 @@ def _add_config_arguments(sub, config_help: str, override_example: str) -> None:
 
 
 def _add_plan(stages) -> None:
-    """`lmforge plan CONFIG [key=value ...]`: a pretrain/sft/align config, checked for memory instead of run."""
+    """`lmforge plan CONFIG [key=value ...]`: a training config, checked for memory instead of run."""
     sub = stages.add_parser(
         "plan", help="GPU and CPU memory per worker of a pretrain/sft/align config, and whether it fits.",
-        description="Estimate per-worker GPU memory and CPU RAM of a pretrain/sft/align config under ZeRO-3 with "
-        "and without offload (formulas: lmforge/train/plan.py), against plan.gpu_memory_gib / "
+        description="Estimate per-worker GPU memory and CPU RAM of a pretrain/sft/align config under ZeRO-3 "
+        "with and without offload (formulas: lmforge/train/plan.py), against plan.gpu_memory_gib / "
         "plan.cpu_memory_gib. Exit 0: it fits; 1: it does not; 2: it cannot be planned.",
     )
     _add_config_arguments(sub, "YAML config of lmforge pretrain, sft or align", "micro_batch_size=2")

@@ -203,7 +203,7 @@ def test_each_loss_trains(loss, storage, pair_data, kto_data, chat_model_dir):
         assert extra in logged[-1]
 
 
-def test_errors_name_what_to_change(storage, pair_data, kto_data, chat_model_dir, sft_data):
+def test_errors_name_what_to_change(storage, kto_data, chat_model_dir, sft_data):
     with pytest.raises(ValueError, match="holds sft data; `lmforge align` needs the output of "
                                          "prepare-preference"):
         _align(align_config(storage, "e1", sft_data, chat_model_dir))

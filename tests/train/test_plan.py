@@ -167,8 +167,8 @@ def _dpo_7b(tmp_path, **fields):
     cfg = load_plan_config(str(REPO / "configs" / "cluster" / "dpo_7b.yaml"), [])
     (tmp_path / "Qwen2.5-7B").mkdir(exist_ok=True)
     (tmp_path / "Qwen2.5-7B" / "config.json").write_text(json.dumps(SHAPES["Qwen2.5-7B"]))
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(tmp_path / "Qwen2.5-7B")}),
-                                  **fields})
+    model = cfg.model.model_copy(update={"path": str(tmp_path / "Qwen2.5-7B")})
+    return cfg.model_copy(update={"model": model, **fields})
 
 
 def test_the_7b_dpo_config_fits_and_a_frozen_reference_costs_its_partition(tmp_path):
@@ -186,7 +186,8 @@ def test_the_7b_dpo_config_fits_and_a_frozen_reference_costs_its_partition(tmp_p
     frozen, _ = model_states(shape, cfg, True, False)
     without, _ = model_states(shape, precomputed, True, False)
     assert frozen - without == 2 * shape.params / cfg.num_workers  # bf16 parameters, partitioned 8 ways
-    reference_free = cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"loss": "simpo"})})
+    simpo = cfg.preference.model_copy(update={"loss": "simpo"})
+    reference_free = cfg.model_copy(update={"preference": simpo})
     assert model_states(shape, reference_free, True, False)[0] == without
 
 

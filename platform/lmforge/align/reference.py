@@ -56,7 +56,8 @@ class ReferenceScorer:
     def score(self, rows: list[dict]) -> list[list[float]]:
         tensors = sft_batch(rows, self.sequence_length, self.pad_token_id)
         boundaries = [list(r["boundaries"]) for r in rows]
-        padded = [b + ([self.sequence_length - sum(b)] if sum(b) < self.sequence_length else []) for b in boundaries]
+        room = self.sequence_length
+        padded = [b + ([room - sum(b)] if sum(b) < room else []) for b in boundaries]  # Bloom: padding too
         inputs = model_inputs(self.model.config.model_type, tensors, padded)
         labels = inputs.pop("labels")
         sums = sequence_logps(self.model(**inputs).logits, labels, boundaries).sum.double().numpy()
@@ -68,8 +69,8 @@ def add_reference_logps(cfg: PreferenceDataConfig, out: Path) -> Manifest:
     """Score every shard in `out` with `cfg.reference.model_dir` and record it in out's manifest."""
     model_dir = Path(cfg.reference.model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"reference.model_dir {model_dir}: no config.json; give a converted model dir "
-                                "(`lmforge convert` output, normally the SFT model)")
+        raise FileNotFoundError(f"reference.model_dir {model_dir}: no config.json; give a converted model "
+                                "dir (`lmforge convert` output, normally the SFT model)")
     manifest = Manifest.read(out)
     rows = outputs_of(manifest, PreferenceRows, out)
     tokenizer = rows.tokenizer

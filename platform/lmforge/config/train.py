@@ -194,20 +194,6 @@ class TrainConfig(StrictModel):
 
 
 
-class PreferenceConfig(StrictModel):
-    """Which preference loss `lmforge align` optimises and its knobs (lmforge.train.preference)."""
-
-    loss: Literal["dpo", "ipo", "simpo", "orpo", "kto"] = Field(
-        "dpo", description="dpo (sigmoid), ipo, simpo (reference-free), orpo (reference-free, NLL + odds "
-        "ratio), kto (unpaired: needs KTO data).")
-    beta: float = Field(0.1, gt=0, description="Strength of the preference term (every loss).")
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="dpo, simpo: assumed share of flipped labels (conservative DPO).")
-    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin.")
-    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable samples' losses.")
-    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable samples' losses.")
-
-
 class AlignTrainConfig(TrainConfig):
     """`lmforge align`: preference training (DPO, IPO, SimPO, ORPO, KTO) on prepare-preference rows."""
 

@@ -197,13 +197,17 @@ def evaluate(engine, data: TrainData, cfg: TrainConfig, reference: Reference | N
         return {}
     engine.eval()
     if data.kind == "preference":
+        losses, stats = [], []
         with torch.no_grad():
-            stats = [preference_micro_batch(engine, reference, batch, data, cfg,
-                                            engine.module.config.model_type)[1]
-                     for batch in ray.train.get_dataset_shard("eval").iter_batches(
-                         batch_size=cfg.micro_batch_size, batch_format="numpy")]
+            for batch in ray.train.get_dataset_shard("eval").iter_batches(batch_size=cfg.micro_batch_size,
+                                                                          batch_format="numpy"):
+                loss, sums, _ = preference_micro_batch(engine, reference, batch, data, cfg,
+                                                       engine.module.config.model_type, all_ranks=False)
+                losses.append(float(loss))
+                stats.append(sums)
         engine.train()
-        return {f"eval_{name}": value for name, value in statistics_means(stats).items()}
+        means = {f"eval_{name}": value for name, value in statistics_means(stats).items()}
+        return {"eval_loss": _all_sum(sum(losses)) / max(_all_sum(len(losses)), 1.0), **means}
     total_loss, total_tokens = torch.zeros(()), torch.zeros(())
     with torch.no_grad():
         for batch in ray.train.get_dataset_shard("eval").iter_batches(

@@ -29,11 +29,12 @@ a heads, l layers, vocabulary V, p bytes per activation = P), bytes saved for ba
 This is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models": 34sbh bytes
 per GPT layer) without dropout masks and with fused attention; expect it to be within ~20%.
 
-align (DPO and friends): a row holds whole pairs, so its sequence length (prepare-preference's row_length)
-is already 2 x max_length. A reference model in the loop costs, for full fine-tuning, a frozen copy partitioned
-like the policy: P*N / G more GPU per worker (CPU per node when parameters are offloaded), no gradient or
-optimizer state; its forward saves no activations. Precomputed reference log-probs (prepare-preference
-reference.model_dir), LoRA (the adapters disabled) and the reference-free losses (simpo, orpo) cost nothing.
+align (DPO and friends): a row holds whole pairs, so its sequence length (prepare-preference's
+row_length) is already 2 x max_length. A reference model in the loop costs, for full fine-tuning, a
+frozen copy partitioned like the policy: P*N / G more GPU per worker (CPU per node when parameters are
+offloaded), no gradient or optimizer state; its forward saves no activations. Precomputed reference
+log-probs (prepare-preference reference.model_dir), LoRA (the adapters disabled) and the reference-free
+losses (simpo, orpo) cost nothing.
 
 A configuration fits when max(GPU model states + activations, P*N) <= 90% of plan.gpu_memory_gib (the rest
 is the CUDA context, NCCL buffers and allocator fragmentation) and, when plan.cpu_memory_gib is set, CPU per
@@ -50,7 +51,6 @@ from lmforge.config import AlignTrainConfig, TrainConfig, load_config
 from lmforge.manifest import MANIFEST_NAME, Manifest
 from lmforge.stage_outputs import PreferenceRows, TokenBlocks
 from lmforge.train.data import read_prepared_data
-from lmforge.train.preference import needs_reference
 
 GIB = 2**30
 USABLE_GPU_FRACTION = 0.9
@@ -154,7 +154,7 @@ def load_plan_config(path: str, overrides: list[str]) -> TrainConfig:
 
 def frozen_reference(cfg: TrainConfig) -> bool:
     """Whether this run keeps a frozen copy of the model as its reference (align, full, not precomputed)."""
-    if not isinstance(cfg, AlignTrainConfig) or cfg.lora.enabled or not needs_reference(cfg.preference.loss):
+    if not isinstance(cfg, AlignTrainConfig) or cfg.lora.enabled or not cfg.preference.needs_reference:
         return False
     if cfg.reference != "auto":
         return cfg.reference == "in_loop"
@@ -276,14 +276,15 @@ def _describe_run(cfg: TrainConfig, shape: ModelShape, seq_len: int, seq_source:
 
 def _describe_alignment(cfg: AlignTrainConfig, shape: ModelShape) -> str:
     loss = cfg.preference.loss
-    if not needs_reference(loss):
+    if not cfg.preference.needs_reference:
         reference = "none (reference-free loss)"
     elif cfg.lora.enabled:
         reference = "the model with its LoRA adapters disabled (no extra memory)"
     elif frozen_reference(cfg):
         param_bytes = 4 if cfg.zero.precision == "fp32" else 2
-        reference = (f"a frozen copy in the loop: +{param_bytes * shape.params / cfg.num_workers / GIB:.1f} GiB "
-                     "per worker (ZeRO-3 partitioned; precompute it with prepare-preference reference.model_dir)")
+        per_worker = param_bytes * shape.params / cfg.num_workers / GIB
+        reference = (f"a frozen copy in the loop: +{per_worker:.1f} GiB per worker (ZeRO-3 partitioned; "
+                     "precompute it with prepare-preference reference.model_dir)")
     else:
         reference = "precomputed log-probs in the data (no reference model)"
     return f"  align     {loss}, each row holds whole pairs (chosen + rejected); reference: {reference}"

@@ -20,20 +20,15 @@ import torch
 import torch.distributed as dist
 
 from lmforge.config import AlignTrainConfig
-from lmforge.train.batches import model_inputs, sft_batch
-from lmforge.train.preference import (
-    SequenceLogps,
-    needs_reference,
-    preference_loss,
-    sequence_logps,
-)
+from lmforge.train.batches import IGNORE_INDEX, model_inputs, sft_batch
+from lmforge.train.preference import kto_local_kl, metric_means, preference_loss, sequence_logps
 
 ReferenceKind = Literal["none", "precomputed", "adapters_disabled", "frozen_copy"]
 
 
 def reference_kind(cfg: AlignTrainConfig, data) -> ReferenceKind:
     """Where this run's reference log-probs come from (run.py has checked that precomputed ones exist)."""
-    if not needs_reference(cfg.preference.loss):
+    if not cfg.preference.needs_reference:
         return "none"
     if cfg.reference == "precomputed" or (cfg.reference == "auto" and data.reference_logps):
         return "precomputed"
@@ -45,7 +40,8 @@ class Reference:
     kind: ReferenceKind
     engine: Any = None  # frozen_copy: a DeepSpeed engine of the starting model, in eval mode
 
-    def logps(self, policy_engine, inputs: dict, labels: torch.Tensor, boundaries, batch) -> torch.Tensor | None:
+    def logps(self, policy_engine, inputs: dict, labels: torch.Tensor, boundaries,
+              batch) -> torch.Tensor | None:
         """Per-sequence summed log-probs of the reference, flattened in row order like the policy's."""
         if self.kind == "none":
             return None
@@ -85,9 +81,14 @@ def build_reference(kind: ReferenceKind, cfg: AlignTrainConfig, data, ds_config:
 
 
 def preference_micro_batch(
-    engine, reference: Reference, batch: dict[str, np.ndarray], data, cfg: AlignTrainConfig, model_type: str
+    engine, reference: Reference, batch: dict[str, np.ndarray], data, cfg: AlignTrainConfig, model_type: str,
+    all_ranks: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-    """(loss to backpropagate, statistics as sums, trained tokens) of one micro batch of packed rows."""
+    """(loss to backpropagate, metric sums, trained tokens) of one micro batch of packed rows.
+
+    all_ranks: every rank runs this micro batch in step (training), so KTO's KL estimate is averaged over
+    them; evaluation, whose ranks may hold different numbers of batches, uses the rank's own estimate.
+    """
     rows = [{name: batch[name][i] for name in ("input_ids", "labels", "position_ids", "boundaries")}
             for i in range(len(batch["input_ids"]))]
     tensors = sft_batch(rows, data.sequence_length, data.pad_token_id)
@@ -102,18 +103,29 @@ def preference_micro_batch(
     reference_sums = reference.logps(engine, inputs, labels, boundaries, batch)
     kl = None
     if cfg.preference.loss == "kto":
-        kl = kto_kl(policy, reference_sums, kinds)
-    loss, stats = preference_loss(cfg.preference, policy, reference_sums, kinds, kl=kl)
-    return loss, stats, int((labels != -100).sum())
+        kl = kto_local_kl(policy, reference_sums, kinds)
+        if all_ranks and dist.is_initialized():  # TRL gathers each process's mean and averages them
+            dist.all_reduce(kl)
+            kl = kl / dist.get_world_size()
+    loss, sums = preference_loss(cfg.preference, policy, reference_sums, kinds, kl=kl)
+    return loss, sums, int((labels != IGNORE_INDEX).sum())
 
 
-def kto_kl(policy: SequenceLogps, reference_sums: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-    """KTO's KL estimate: the mean of (policy - reference) over the KL sequences, averaged over all ranks
-    and clamped at 0, with no gradient (TRL's kto_loss does the same with a gather)."""
-    mask = kinds == 2
-    local = (policy.sum.detach()[mask] - reference_sums[mask]).mean() if mask.any() else torch.zeros(())
-    local = local.to(torch.float64)
+def statistics_means(micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """The metrics of a step (or an evaluation): the micro batches' sums added up over every rank, as means.
+
+    A collective: every rank calls it, with the same keys (a rank without batches passes [] and adds
+    zeros, so evaluation shards of different sizes cannot hang it)."""
+    names = sorted({name for sums in micro_batches for name in sums})
+    if dist.is_initialized():  # ranks agree on the names: the loss decides them, not the data
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, names)
+        names = sorted({name for found in gathered for name in found})
+    totals = torch.zeros(len(names), dtype=torch.float64)
+    for sums in micro_batches:
+        for i, name in enumerate(names):
+            if name in sums:
+                totals[i] += float(sums[name])
     if dist.is_initialized():
-        dist.all_reduce(local)
-        local /= dist.get_world_size()
-    return local.clamp(min=0).to(torch.float32)
+        dist.all_reduce(totals)
+    return metric_means(dict(zip(names, totals.tolist(), strict=True)))

@@ -34,7 +34,6 @@ from lmforge.train.data import (
 from lmforge.train.deepspeed_config import deepspeed_config
 from lmforge.train.loop import train_loop
 from lmforge.train.model import flops_per_token, max_positions, model_config
-from lmforge.train.preference import needs_reference
 from lmforge.train.run_spec import write_run_spec
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,8 @@ def run_align(cfg: AlignTrainConfig) -> Manifest:
 def run_training(cfg: TrainConfig, expected_kind: str) -> Manifest:
     data = load_train_data(cfg.data.dir)
     if data.kind != expected_kind:
-        raise ValueError(f"data.dir {cfg.data.dir} holds {data.kind} data; `lmforge {_COMMANDS[expected_kind]}` "
+        command = _COMMANDS[expected_kind]
+        raise ValueError(f"data.dir {cfg.data.dir} holds {data.kind} data; `lmforge {command}` "
                          f"needs the output of prepare-{expected_kind} (`lmforge {_COMMANDS[data.kind]}` "
                          "trains on this)")
     check_model_fits_data(cfg, data)
@@ -140,7 +140,7 @@ def check_preference_data(cfg: AlignTrainConfig, data: TrainData) -> None:
     if (loss == "kto") == data.paired:
         needs, has = ("KTO samples (kto records)", "pairs") if loss == "kto" else ("pairs", "KTO samples")
         raise ValueError(f"data.dir {cfg.data.dir} holds {has}; preference.loss {loss} needs {needs}")
-    if cfg.reference == "precomputed" and needs_reference(loss) and not data.reference_logps:
+    if cfg.reference == "precomputed" and cfg.preference.needs_reference and not data.reference_logps:
         raise ValueError(f"data.dir {cfg.data.dir} has no precomputed reference log-probs (ref_logps); set "
                          "reference.model_dir in prepare-preference's config and rerun it, or set "
                          "reference: in_loop (or auto)")

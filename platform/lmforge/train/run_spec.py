@@ -1,5 +1,6 @@
 """`run.json` in a training run's directory: what its checkpoints hold (model, LoRA, vocabulary, tokenizer,
-chat template), written by `lmforge pretrain/sft/align` and read by `lmforge convert`, both through this module."""
+chat template), written by `lmforge pretrain/sft/align` and read by `lmforge convert`, both through this
+module."""
 
 from __future__ import annotations
 
