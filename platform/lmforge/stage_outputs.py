@@ -89,24 +89,24 @@ class SFTRows(PreparedData):
 class PreferenceRows(PreparedData):
     """prepare-preference: packed rows of whole (chosen, rejected) pairs (KTO: sample + KL sequence)."""
 
-    max_length: int
-    row_length: int
+    max_length: int  # per sequence
+    row_length: int  # capacity of a row = 2 * max_length
     pack_mode: str
     template: str
     chat_template: str
     eos_token_id: int
     dedup_key: str
-    paired: bool
+    paired: bool  # True: chosen/rejected pairs; False: KTO unpaired samples with labels
     rows: int
-    pairs: int
+    pairs: int  # pairs, or KTO samples
     sequences: int
     tokens: int
     trained_tokens: int
     utilisation: float
     truncated: int
-    desirable: int | None
+    desirable: int | None  # KTO: samples labelled true / false; None when paired
     undesirable: int | None
-    reference: dict[str, Any] | None = None
+    reference: dict[str, Any] | None = None  # set by the reference pass
 
     @property
     def sequence_length(self) -> int:

@@ -1,4 +1,4 @@
-"""Settings of the data stages: train-tokenizer, prepare-pretrain, prepare-sft."""
+"""Settings of the data stages: train-tokenizer, prepare-pretrain, prepare-sft, prepare-preference."""
 
 from __future__ import annotations
 
@@ -279,3 +279,125 @@ class SFTDataConfig(DataStageConfig):
     dedup: SFTDedupConfig = Field(default_factory=SFTDedupConfig)
     pack: SFTPackConfig = Field(default_factory=SFTPackConfig)
 
+
+
+PreferenceRecordFormat = Literal[
+    "auto", "sharegpt_pair", "pairwise_qa", "messages_pair", "llamafactory_v1", "kto"
+]
+PreferenceDedupKey = Literal["prompt", "pair"]
+
+
+class PreferenceSourceConfig(BaseSourceConfig):
+    """One preference dataset: files, their record schema, and its mixture weight."""
+
+    format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
+        None,
+        description="File format; default: from the extension, then the content (JSON Lines or "
+        "pretty-printed objects back to back in a .json; JSON Lines in a .txt).",
+    )
+    record_format: PreferenceRecordFormat = Field(
+        "auto",
+        description="Record schema: sharegpt_pair ({conversations, chosen, rejected}), pairwise_qa "
+        "({question|prompt|instruction, response_chosen|chosen, response_rejected|rejected, history?}), "
+        "messages_pair ({chosen: [messages], rejected: [messages]} sharing a prefix, or with prompt), "
+        "llamafactory_v1 ({chosen_messages, rejected_messages} with loss_weight), kto ({messages, label} "
+        "or {prompt, completion, label}: unpaired); auto detects it per file from the first record.",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Schema field -> record field for other datasets, "
+        "e.g. {chosen: better, rejected: worse}.",
+    )
+    system: str | None = Field(None, description="System prompt for records that carry none.")
+
+    @property
+    def text_unit(self) -> str:  # preference records are never blank-line paragraphs
+        return "line"
+
+    @property
+    def paired(self) -> bool | None:
+        """True: chosen/rejected pairs; False: KTO's unpaired samples; None: not known before detection."""
+        return None if self.record_format == "auto" else self.record_format != "kto"
+
+
+class PreferenceDedupConfig(DedupConfig):
+    key: PreferenceDedupKey = Field(
+        "prompt",
+        description="What two records must share to be duplicates: prompt (system + tools + every turn "
+        "before the answers, tool results included: the same question asked again goes, even with other "
+        "answers), pair (the prompt and the answers: only repeated records go; KTO: prompt and completion).",
+    )
+
+
+class PreferencePackConfig(StrictModel):
+    mode: Literal["packed", "padded"] = Field(
+        "packed",
+        description="packed: several pairs per row (best-fit decreasing), each pair whole; padded: one "
+        "pair per row (KTO: one sample and its KL sequence).",
+    )
+    group_size: int = Field(
+        20000, ge=1,
+        description="Pairs packed together on one worker; larger packs tighter. KTO's KL sequences pair "
+        "each sample with the next one of its group.",
+    )
+
+
+class PreferenceReferenceConfig(StrictModel):
+    model_dir: str | None = Field(
+        None,
+        description="a converted model dir (normally the SFT model); its log-probs of every sequence are "
+        "stored as ref_logps so training needs no reference model",
+    )
+    batch_size: int = Field(8, ge=1, description="Rows per forward pass of the reference model.")
+    workers: int = Field(1, ge=1, description="Reference model replicas computing log-probs at once.")
+
+
+class PreferenceDataConfig(DataStageConfig):
+    """`lmforge prepare-preference`: preference pairs (or KTO samples) -> label-masked, packed rows of whole
+    pairs."""
+
+    sources: list[PreferenceSourceConfig] = Field(
+        description="Input datasets: all paired (chosen/rejected) or all KTO (unpaired, labelled)."
+    )
+    template: Literal["classic", "tokenizer"] = Field(
+        "classic",
+        description="classic: 'User: q</s>\\n Assistant: a</s>'; "
+        "tokenizer: the tokenizer's own chat_template.",
+    )
+    max_length: int = Field(
+        1024, ge=16,
+        description="Tokens per sequence (prompt + one answer); a row holds 2 * max_length. A longer pair "
+        "loses earlier turns of its prompt, then the start of its last user turn, then the end of its "
+        "answers.",
+    )
+    max_prompt_length: int | None = Field(
+        None, ge=8,
+        description="Longest prompt in tokens: a longer one is always shortened (earlier turns first, then "
+        "the start of the last user turn). Unset: a prompt is only shortened when its pair does not fit, "
+        "and keeps at least max_length / 2 tokens (or all it has).",
+    )
+    dedup: PreferenceDedupConfig = Field(default_factory=PreferenceDedupConfig)
+    pack: PreferencePackConfig = Field(default_factory=PreferencePackConfig)
+    reference: PreferenceReferenceConfig = Field(default_factory=PreferenceReferenceConfig)
+
+    @model_validator(mode="after")
+    def _check_lengths_and_kinds(self) -> PreferenceDataConfig:
+        if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}): "
+                "the answers need room"
+            )
+        check_one_kind_of_data({s.name: s.paired for s in self.sources})
+        return self
+
+
+def check_one_kind_of_data(paired_by_source: dict[str, bool | None]) -> None:
+    """ValueError naming the sources when paired sources and KTO (unpaired) sources are mixed."""
+    kto = sorted(name for name, paired in paired_by_source.items() if paired is False)
+    pairs = sorted(name for name, paired in paired_by_source.items() if paired)
+    if kto and pairs:
+        raise ValueError(
+            f"sources: KTO (unpaired) sources {kto} and paired sources {pairs} cannot be mixed in one "
+            "prepare-preference run: the trainer takes either pairs (DPO and kin) or labelled samples (KTO); "
+            "prepare them in two runs"
+        )

@@ -134,6 +134,24 @@ def per_source_totals(ds: ray.data.Dataset) -> dict[str, dict[str, int]]:
             for _, row in frame.iterrows()}
 
 
+def render_stats(rendered: ray.data.Dataset) -> dict[str, dict]:
+    """Per source, of rendered rows (source, status, n_tokens, n_trained, truncated): documents, tokens,
+    trained_tokens and truncated of those with status ok, and {"filtered:<why>": n} of the others."""
+    frame = rendered.groupby(["source", "status"]).aggregate(
+        Count(), Sum("n_tokens"), Sum("n_trained"), Sum("truncated")
+    ).to_pandas()
+    stats: dict[str, dict] = {}
+    for _, row in frame.iterrows():
+        entry = stats.setdefault(row["source"], {"documents": 0, "tokens": 0, "trained_tokens": 0,
+                                                 "truncated": 0, "filtered": {}})
+        if row["status"] == "ok":
+            entry.update(documents=int(row["count()"]), tokens=int(row["sum(n_tokens)"]),
+                         trained_tokens=int(row["sum(n_trained)"]), truncated=int(row["sum(truncated)"]))
+        else:
+            entry["filtered"][row["status"]] = int(row["count()"])
+    return stats
+
+
 def status_counts(
     docs: ray.data.Dataset, surveys: list, source_of_file: list[str]
 ) -> dict[str, dict[str, int]]:

@@ -24,19 +24,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import ray.data
-from ray.data.aggregate import Count, Sum
 from ray.data.expressions import col
 
-from lmforge.config import ConfigError, SFTDataConfig
-from lmforge.data.files.records import read_chunk
+from lmforge.config import SFTDataConfig
 from lmforge.data.files.sources import SourceFile, list_source_files, read_records
-from lmforge.data.reports.counts import drop_keys
+from lmforge.data.reports.counts import drop_keys, per_source_totals, render_stats
 from lmforge.data.reports.plots import length_histogram, write_data_plots
+from lmforge.data.stages import record_formats
 from lmforge.data.stages.source_records import read_sources
 from lmforge.data.steps.conversation_dedup import dedup_texts, find_prefix_conversations
-from lmforge.data.steps.hashing import splitmix64
 from lmforge.data.steps.mixing import mixture_factors, repeat_by_mixture
-from lmforge.data.steps.row_packing import pack_samples
+from lmforge.data.steps.row_packing import assign_pack_group, pack_samples
 from lmforge.data.steps.tokenize import load_fast_tokenizer
 from lmforge.data.text.chat_render import (
     IGNORE_INDEX,
@@ -47,7 +45,6 @@ from lmforge.data.text.chat_render import (
 )
 from lmforge.data.text.conversation import Conversation
 from lmforge.data.text.sft_formats import detect_file_record_format, detect_record_format, to_conversation
-from lmforge.data.text.templates import RecordError
 from lmforge.manifest import Manifest
 from lmforge.output_dir import staged_output_dir
 from lmforge.runtime import init_ray
@@ -72,15 +69,15 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
         samples = render_samples(records.kept, records.duplicates.removed, cfg).materialize()
         rendered = samples.filter(expr=col("status") == "ok")
 
-        sample_stats = _sample_stats(samples)
+        sample_stats = render_stats(samples)
         factors = mixture_factors(
             {name: s["tokens"] for name, s in sample_stats.items()}, {s.name: s.weight for s in cfg.sources},
             cfg.mix.total_tokens,
         )
         mixed = repeat_by_mixture(rendered, factors, cfg.seed)
         counts = records.counts(
-            {name: {"documents": s["samples"], "tokens": s["tokens"]} for name, s in sample_stats.items()},
-            factors, _output_stats(mixed),
+            {name: {"documents": s["documents"], "tokens": s["tokens"]} for name, s in sample_stats.items()},
+            factors, per_source_totals(mixed),
             # too long, nothing to train
             filtered_later={name: s["filtered"] for name, s in sample_stats.items()},
         )
@@ -110,45 +107,15 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
 
 
 def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[SourceFile]:
-    """Each file's record schema: detected from its first readable record,
-    or the config's, checked against it.
-
-    ConfigError (naming the source, file, line and field) when no schema fits or the configured one does not.
-    """
-    check = ray.remote(num_cpus=1)(_file_record_format)
-    pending = {i: check.remote(f, s) for i, (f, s) in enumerate(zip(files, surveys, strict=True))
-               if not isinstance(s, str)}
-    # Failures come back as values: a raised error would reach the user as a Ray task traceback.
-    found = dict(zip(pending, ray.get(list(pending.values())), strict=True))
-    errors = [error for _, error in found.values() if error]
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return [SourceFile(f.file_index, f.source.model_copy(update={"record_format": found[i][0]}), f.path)
-            if i in found else f for i, f in enumerate(files)]
+    """Each file's SFT record schema (record_formats.resolve_record_formats); ConfigError if none fits."""
+    return record_formats.resolve_record_formats(files, surveys, SFT_SCHEMAS)
 
 
-def _file_record_format(file: SourceFile, survey) -> tuple[str, str | None]:
-    """(record format, None), or (the configured format, why it does not fit the file's first record)."""
-    source = file.source
-    where = f"sources.{source.name}"
-    first = next((r for chunk in survey.chunks for r in read_chunk(chunk) if r.fields is not None), None)
-    if source.record_format == "auto":
-        try:
-            return detect_file_record_format(file.path, first.fields if first else None), None
-        except ValueError as error:
-            return "auto", f"{where}: {error}"
-    if first is None:
-        return source.record_format, None  # nothing readable: every record is quarantined with its reason
-    try:
-        to_conversation(first.fields, source.record_format, source.fields, source.system)
-    except RecordError as error:
-        guess = detect_record_format(first.fields)
-        hint = f" (the record looks like {guess})" if guess and guess != source.record_format else ""
-        return source.record_format, (
-            f"{where}: record_format {source.record_format} does not fit {file.path} line {first.line}: "
-            f"{error}{hint}; fix record_format: or map the names with fields:"
-        )
-    return source.record_format, None
+def _conversation(fields: dict, source) -> Conversation:
+    return to_conversation(fields, source.record_format, source.fields, source.system)
+
+
+SFT_SCHEMAS = record_formats.RecordSchemas(detect_record_format, detect_file_record_format, _conversation)
 
 
 def _conversation_json(fields: dict, source) -> str:
@@ -209,45 +176,18 @@ def render_samples(kept: ray.data.Dataset, removed: np.ndarray, cfg: SFTDataConf
     )
 
 
-def _sample_stats(samples: ray.data.Dataset) -> dict[str, dict[str, int]]:
-    frame = samples.groupby(["source", "status"]).aggregate(
-        Count(), Sum("n_tokens"), Sum("n_trained"), Sum("truncated")
-    ).to_pandas()
-    stats: dict[str, dict[str, int]] = {}
-    for _, row in frame.iterrows():
-        entry = stats.setdefault(row["source"], {"samples": 0, "tokens": 0, "trained_tokens": 0,
-                                                 "truncated": 0, "filtered": {}})
-        if row["status"] == "ok":
-            entry.update(samples=int(row["count()"]), tokens=int(row["sum(n_tokens)"]),
-                         trained_tokens=int(row["sum(n_trained)"]), truncated=int(row["sum(truncated)"]))
-        else:
-            entry["filtered"][row["status"]] = int(row["count()"])
-    return stats
-
-
-def _output_stats(mixed: ray.data.Dataset) -> dict[str, dict[str, int]]:
-    frame = mixed.groupby("source").aggregate(Count(), Sum("n_tokens")).to_pandas()
-    return {r["source"]: {"documents": int(r["count()"]), "tokens": int(r["sum(n_tokens)"])}
-            for _, r in frame.iterrows()}
-
-
 def pack_and_write(mixed: ray.data.Dataset, cfg: SFTDataConfig, out: Path) -> list[dict]:
     """Pack samples in groups (a stable hash of key and copy) and write one shard per group."""
     total = mixed.count()
     groups = max(1, -(-total // cfg.pack.group_size))
     grouped = mixed.select_columns(["key", "copy", "input_ids", "labels"]).map_batches(
-        _assign_group, batch_format="pyarrow", fn_kwargs={"groups": groups}
+        assign_pack_group, batch_format="pyarrow", fn_kwargs={"groups": groups}
     )
     written = grouped.groupby("group").map_groups(
         _pack_and_write_group, batch_format="pyarrow",
         fn_kwargs={"out_dir": str(out), "capacity": cfg.max_length, "mode": cfg.pack.mode},
     )
     return sorted(written.take_all(), key=lambda row: row["file"])
-
-
-def _assign_group(batch: pa.Table, groups: int) -> pa.Table:
-    hashed = splitmix64(batch.column("key").to_numpy(), salt=batch.column("copy").to_numpy())
-    return batch.append_column("group", pa.array(hashed % np.uint64(groups), pa.int64()))
 
 
 def _pack_and_write_group(group: pa.Table, out_dir: str, capacity: int, mode: str) -> pa.Table:

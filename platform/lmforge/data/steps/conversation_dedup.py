@@ -1,5 +1,5 @@
 """What "the same SFT sample" means: the dedup key of a conversation, and conversations a longer one
-continues.
+continues (and the same for preference records: their prompt, or the whole pair).
 
     key       compared text (exact + MinHash near dedup, the smallest key of a cluster is kept)
     prompt    system prompt + tools + every user turn (default: the same question asked again is
@@ -24,6 +24,7 @@ import xxhash
 
 from lmforge.data.steps.minhash import normalize_for_dedup
 from lmforge.data.text.conversation import Conversation
+from lmforge.data.text.preference_formats import PreferenceExample
 
 
 def dedup_text(conversation: Conversation, key: str) -> str:
@@ -44,6 +45,18 @@ def dedup_text(conversation: Conversation, key: str) -> str:
 def dedup_texts(batch: pa.Table, key: str) -> pa.Table:
     """Ray Data body: conversation JSON in `text` -> the text dedup compares, under `key`."""
     texts = [dedup_text(Conversation.from_json(t), key) for t in batch.column("text").to_pylist()]
+    return pa.table({"key": batch.column("key"), "text": pa.array(texts, pa.string())})
+
+
+def preference_dedup_texts(batch: pa.Table, key: str) -> pa.Table:
+    """Ray Data body: PreferenceExample JSON in `text` -> the text dedup compares under `key`
+    (PreferenceDedupConfig.key): the whole prompt (its tool results and earlier answers are part of the
+    question asked, unlike SFT's key prompt); `pair` adds the answers."""
+    texts = []
+    for text in batch.column("text").to_pylist():
+        example = PreferenceExample.from_json(text)
+        answers = "".join(f"\n{t.role}: {t.content}" for answer in example.answers for t in answer)
+        texts.append(dedup_text(example.prompt, "conversation") + (answers if key == "pair" else ""))
     return pa.table({"key": batch.column("key"), "text": pa.array(texts, pa.string())})
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lmforge.data.steps.hashing import splitmix64
 from lmforge.data.text.chat_render import IGNORE_INDEX
 
 
@@ -82,6 +83,12 @@ class _RoomIndex:
         room = pos  # tree index pos + 1 is room pos
         self._add(room, -1)
         return room, heapq.heappop(self.bins[room])
+
+
+def assign_pack_group(batch: pa.Table, groups: int) -> pa.Table:
+    """Ray Data body: adds `group` (rows packed together): a stable hash of key and copy, mod `groups`."""
+    hashed = splitmix64(batch.column("key").to_numpy(), salt=batch.column("copy").to_numpy())
+    return batch.append_column("group", pa.array(hashed % np.uint64(groups), pa.int64()))
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -142,12 +149,14 @@ def pack_samples(samples: pa.Table, capacity: int, mode: Literal["packed", "padd
     else:
         raise ValueError(f"pack_samples: mode must be 'packed' or 'padded', not {mode!r}")
     bins.sort(key=lambda b: b[0])  # samples are in key order, so index order is key order
-    return _rows(bins, ids, labels, lengths, keys)
+    return lay_out_rows(bins, ids, labels, lengths, {"keys": pa.array(keys, pa.int64())})
 
 
-def _rows(bins: list[list[int]], ids: pa.ListArray, labels: pa.ListArray, lengths: np.ndarray,
-          keys: np.ndarray) -> pa.Table:
-    """Lay the samples out bin after bin and cut the token stream at the bins' edges."""
+def lay_out_rows(bins: list[list[int]], ids: pa.ListArray, labels: pa.ListArray, lengths: np.ndarray,
+                 per_sample: dict[str, pa.Array]) -> pa.Table:
+    """Lay the samples out bin after bin (a bin: sample indices in row order) and cut the token stream at
+    the bins' edges: a row per bin with input_ids, labels, position_ids, boundaries, and a list column
+    of each `per_sample` array (a value per sample, e.g. its key) in the same order."""
     order = np.fromiter((i for b in bins for i in b), np.int64, count=len(lengths))
     sample_lens = lengths[order]
     sample_starts = np.cumsum(sample_lens) - sample_lens
@@ -165,12 +174,13 @@ def _rows(bins: list[list[int]], ids: pa.ListArray, labels: pa.ListArray, length
     def lists(offsets: np.ndarray, values: np.ndarray, kind: pa.DataType) -> pa.ListArray:
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, kind))
 
+    offsets = pa.array(sample_offsets, pa.int32())
     return pa.table({
         "input_ids": lists(token_offsets, flat_ids, pa.int32()),
         "labels": lists(token_offsets, flat_labels, pa.int32()),
         "position_ids": lists(token_offsets, positions, pa.int32()),
         "boundaries": lists(sample_offsets, sample_lens.astype(np.int32), pa.int32()),
-        "keys": lists(sample_offsets, keys[order], pa.int64()),
+        **{name: pa.ListArray.from_arrays(offsets, values.take(take)) for name, values in per_sample.items()},
     })
 
 

@@ -108,6 +108,10 @@ class ChatRenderer:
         return RenderedSample(np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32),
                               turns_kept, len(conversation.turns))
 
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        """The token ids a server sends for `conversation`'s messages followed by the generation prompt."""
+        return self._encode(self._apply(conversation.messages(), conversation.tools or None, True))
+
     def _span(self, messages: list[dict], index: int, full: str, tools) -> tuple[int, int, int]:
         """Where message `index`'s trained text starts and ends (after its last EOS) in `full`, and where
         its rendering ends. Checks the template renders prefixes stably, as serving assumes."""

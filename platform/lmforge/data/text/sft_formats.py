@@ -98,7 +98,7 @@ def detect_file_record_format(path: str, first_fields: dict | None) -> str:
             seen += (
                 f", first turn keys {sorted(first)}"
                 if isinstance(first, dict)
-                else f", first turn {_kind(first)}"
+                else f", first turn {kind_of(first)}"
             )
     raise ValueError(
         f"{path}: cannot tell the SFT format from {seen}; set record_format: "
@@ -122,15 +122,15 @@ def to_conversation(
     """
     check_choice("record_format", record_format, RECORD_FORMATS)
     check_choice("split_dialogue", split_dialogue, SPLIT_MODES)
-    record = _Fields(fields, field_map or {})
+    record = RecordFields(fields, field_map or {})
     parse = _PARSERS[record_format]
     if record_format in ("alpaca", "chatglm2"):
         parse = partial(parse, split_dialogue=split_dialogue)
     items, system, tools, meta = parse(record)
-    return _conversation(items, system or default_system, tools, meta)
+    return conversation_of(items, system or default_system, tools, meta)
 
 
-class _Fields:
+class RecordFields:
     """A record, or one turn of it, read through the field map; errors name the field (and the turn)."""
 
     def __init__(self, fields: dict, field_map: dict[str, str], where: str = "") -> None:
@@ -154,18 +154,18 @@ class _Fields:
         if value is None and default is not _REQUIRED:
             return default
         if not isinstance(value, str):
-            raise RecordError(f"field '{self.name(field)}'{self.where} is {_kind(value)}, not text")
+            raise RecordError(f"field '{self.name(field)}'{self.where} is {kind_of(value)}, not text")
         return value.strip()
 
-    def turns(self, field: str) -> Iterator[tuple[int, _Fields]]:
+    def turns(self, field: str) -> Iterator[tuple[int, RecordFields]]:
         """(number from 1, the turn) for each turn in a list-of-objects field."""
         turns = self.get(field)
         if not isinstance(turns, list):
-            raise RecordError(f"field '{self.name(field)}' is {_kind(turns)}, not a list of turns")
+            raise RecordError(f"field '{self.name(field)}' is {kind_of(turns)}, not a list of turns")
         for number, turn in enumerate(turns, 1):
             if not isinstance(turn, dict):
-                raise RecordError(f"turn {number} is {_kind(turn)}, not an object")
-            yield number, _Fields(turn, self.field_map, f" in turn {number}")
+                raise RecordError(f"turn {number} is {kind_of(turn)}, not an object")
+            yield number, RecordFields(turn, self.field_map, f" in turn {number}")
 
     def role(self, field: str, roles: dict[str, str], number: int) -> str:
         role = self.get(field)
@@ -174,7 +174,7 @@ class _Fields:
         return roles[role]
 
 
-def _alpaca(record: _Fields, split_dialogue: str) -> tuple[list[Item], str | None, None, dict]:
+def _alpaca(record: RecordFields, split_dialogue: str) -> tuple[list[Item], str | None, None, dict]:
     instruction, extra = record.text("instruction"), record.text("input", None)
     user = f"{instruction}\n{extra}" if extra else instruction
     return (
@@ -185,7 +185,7 @@ def _alpaca(record: _Fields, split_dialogue: str) -> tuple[list[Item], str | Non
     )
 
 
-def _chatglm2(record: _Fields, split_dialogue: str) -> tuple[list[Item], None, None, dict]:
+def _chatglm2(record: RecordFields, split_dialogue: str) -> tuple[list[Item], None, None, dict]:
     return (
         _history_then(record, record.text("prompt"), record.text("response"), split_dialogue),
         None,
@@ -194,35 +194,45 @@ def _chatglm2(record: _Fields, split_dialogue: str) -> tuple[list[Item], None, N
     )
 
 
-def _history_then(record: _Fields, prompt: str, answer: str, split_dialogue: str) -> list[Item]:
+def _history_then(record: RecordFields, prompt: str, answer: str, split_dialogue: str) -> list[Item]:
     """The record's history pairs, then the prompt (split at role markers, if so) and its answer."""
+    items = history_items(record)
+    turns = dialogue_turns(prompt, answer, split_dialogue)
+    return items + [(len(items) + n, role, text, None) for n, (role, text) in enumerate(turns, 1)]
+
+
+def history_items(record: RecordFields) -> list[Item]:
+    """The items of the record's optional `history`: [[user, assistant], ...] (alpaca, chatglm2)."""
     history = record.get("history", None) or []
     if not isinstance(history, list):
         raise RecordError(
-            f"field '{record.name('history')}' is {_kind(history)}, not [[user, assistant], ...]"
+            f"field '{record.name('history')}' is {kind_of(history)}, not [[user, assistant], ...]"
         )
     items: list[Item] = []
     for i, pair in enumerate(history):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise RecordError(f"history item {i + 1} is not a [user, assistant] pair")
         items += [(2 * i + 1, "user", pair[0], None), (2 * i + 2, "assistant", pair[1], None)]
-    turns = dialogue_turns(prompt, answer, split_dialogue)
-    return items + [(len(items) + n, role, text, None) for n, (role, text) in enumerate(turns, 1)]
+    return items
 
 
-def _sharegpt(record: _Fields) -> tuple[list[Item], str | None, list | None, dict]:
-    items = [(number, turn.role("from", SHAREGPT_ROLES, number), turn.get("value"), None)
-             for number, turn in record.turns("conversations")]
-    return items, record.text("system", None), _tools(record), {}
+def _sharegpt(record: RecordFields) -> tuple[list[Item], str | None, list | None, dict]:
+    return sharegpt_items(record, "conversations"), record.text("system", None), record_tools(record), {}
 
 
-def _chatglm3(record: _Fields) -> tuple[list[Item], None, list | None, dict]:
+def sharegpt_items(record: RecordFields, field: str) -> list[Item]:
+    """The items of a list of ShareGPT turns in `field` ({from, value})."""
+    return [(number, turn.role("from", SHAREGPT_ROLES, number), turn.get("value"), None)
+            for number, turn in record.turns(field)]
+
+
+def _chatglm3(record: RecordFields) -> tuple[list[Item], None, list | None, dict]:
     items: list[Item] = []
     for number, turn in record.turns("conversations"):
         loss = turn.get("loss", None)
         if loss is not None and not isinstance(loss, bool):
             raise RecordError(
-                f"field '{turn.name('loss')}' in turn {number} is {_kind(loss)}, not true/false"
+                f"field '{turn.name('loss')}' in turn {number} is {kind_of(loss)}, not true/false"
             )
         if turn.get("role") == "tool":  # one step of ChatGLM3's tool use: the model's call, then the result
             call = {"name": turn.get("name"), "parameters": turn.get("parameters")}
@@ -233,12 +243,17 @@ def _chatglm3(record: _Fields) -> tuple[list[Item], None, list | None, dict]:
                       (number, "tool", observation, None)]
         else:
             items.append((number, turn.role("role", CHATGLM3_ROLES, number), turn.get("content"), loss))
-    return items, None, _tools(record), {}
+    return items, None, record_tools(record), {}
 
 
-def _openai(record: _Fields) -> tuple[list[Item], None, list | None, dict]:
+def _openai(record: RecordFields) -> tuple[list[Item], None, list | None, dict]:
+    return openai_items(record, "messages"), None, record_tools(record), {}
+
+
+def openai_items(record: RecordFields, field: str) -> list[Item]:
+    """The items of a list of OpenAI messages in `field` ({role, content, tool_calls?, weight?})."""
     items: list[Item] = []
-    for number, turn in record.turns("messages"):
+    for number, turn in record.turns(field):
         role = turn.role("role", OPENAI_ROLES, number)
         calls = turn.get("tool_calls", None) if role == "assistant" else None
         if calls:  # a tool call: the turn's content is the call, as the model writes it
@@ -250,10 +265,10 @@ def _openai(record: _Fields) -> tuple[list[Item], None, list | None, dict]:
             content = turn.get("content")
         weight = turn.get("weight", None)  # OpenAI fine-tuning: weight 0 leaves an assistant turn untrained
         items.append((number, role, content, None if weight is None else bool(weight)))
-    return items, None, _tools(record), {}
+    return items
 
 
-def _advertisegen(record: _Fields) -> tuple[list[Item], None, None, dict]:
+def _advertisegen(record: RecordFields) -> tuple[list[Item], None, None, dict]:
     return (
         [(1, "user", record.text("content"), None), (2, "assistant", record.text("summary"), None)],
         None,
@@ -262,7 +277,7 @@ def _advertisegen(record: _Fields) -> tuple[list[Item], None, None, dict]:
     )
 
 
-def _medical_csv(record: _Fields) -> tuple[list[Item], None, None, dict]:
+def _medical_csv(record: RecordFields) -> tuple[list[Item], None, None, dict]:
     title, ask = record.text("title"), record.text("ask")
     user = ask if ask.startswith(title) else f"{title}\n{ask}"
     department = record.text("department", None)
@@ -270,7 +285,7 @@ def _medical_csv(record: _Fields) -> tuple[list[Item], None, None, dict]:
     return [(1, "user", user, None), (2, "assistant", record.text("answer"), None)], None, None, meta
 
 
-def _qa(record: _Fields) -> tuple[list[Item], None, None, dict]:
+def _qa(record: RecordFields) -> tuple[list[Item], None, None, dict]:
     texts = []
     for slot, names in QA_FIELDS.items():
         names = (slot,) if slot in record.field_map else names
@@ -284,7 +299,7 @@ _PARSERS = {
 }
 
 
-def _tools(record: _Fields) -> list[dict] | None:
+def record_tools(record: RecordFields) -> list[dict] | None:
     """The record's tool definitions as a list of objects, or None."""
     tools = record.get("tools", None)
     if isinstance(tools, str):  # LLaMA-Factory's sharegpt keeps them as a JSON string
@@ -297,17 +312,17 @@ def _tools(record: _Fields) -> list[dict] | None:
     if not tools:
         return None
     if not isinstance(tools, list):
-        raise RecordError(f"field '{record.name('tools')}' is {_kind(tools)}, not a list of tools")
+        raise RecordError(f"field '{record.name('tools')}' is {kind_of(tools)}, not a list of tools")
     # ChatGLM3's tool_alpaca describes each tool in plain text, not as a JSON schema.
     return [tool if isinstance(tool, dict) else {"description": tool} for tool in tools]
 
 
-def _conversation(items: list[Item], system: str | None, tools: list | None, meta: dict) -> Conversation:
+def conversation_of(items: list[Item], system: str | None, tools: list | None, meta: dict) -> Conversation:
     """Checks roles, order and contents; strips contents and drops trailing turns with nothing to train."""
     turns: list[Turn] = []
     for number, role, content, loss in items:
         if not isinstance(content, str):
-            raise RecordError(f"turn {number} content is {_kind(content)}, not text")
+            raise RecordError(f"turn {number} content is {kind_of(content)}, not text")
         content = content.strip()
         if role == "system":
             if number != 1:
@@ -333,5 +348,5 @@ def _conversation(items: list[Item], system: str | None, tools: list | None, met
     return Conversation(turns, system or None, tools, meta)
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     return _KINDS.get(type(value), type(value).__name__)
