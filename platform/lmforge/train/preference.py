@@ -24,7 +24,10 @@ tokens (a choice TRL says the IPO authors confirmed); dpo is its "sigmoid" at e 
 conservative DPO, which TRL 1.16's DPOTrainer no longer has (its "sigmoid" ignores label_smoothing):
 CPOTrainer's label-smoothed "sigmoid" on the log-ratios. simpo is CPOTrainer's "simpo" (cpo_alpha 0),
 orpo ORPOTrainer.odds_ratio_loss plus the chosen NLL, kto KTOTrainer's "kto". A micro-batch's loss is
-the mean over its pairs (kto: samples).
+the mean over its pairs (kto: samples). `sft_weight` w > 0 adds w * nll(chosen) to dpo, ipo and simpo
+(RPO; DPOTrainer's loss_type ["sigmoid", "sft"] with loss_weights [1, w]). Without it, DPO of the tiny
+test model (tests/train/test_align.py) reached reward accuracy 1.0 in 3 steps by pushing the rejected
+answers down, while the chosen ones stayed unlikely and greedy answers degraded.
 
 Two differences, on purpose: orpo's NLL is over the tokens the data labels (the answer; TRL's covers
 the prompt too), and the logps_* metrics are per-sequence sums for every loss (TRL logs SimPO's and
@@ -223,9 +226,9 @@ def preference_loss(
     loss = out.losses.mean()
     sums = _side_sums(out, policy.sum[first], policy.sum[second])
     sums["reward_accuracy_sum"] = (out.chosen_rewards > out.rejected_rewards).float().sum()
-    if settings.loss == "orpo":
+    if settings.loss == "orpo" or settings.sft_weight:
         nll = mean_nll(policy, first)
-        loss = nll + loss
+        loss = loss + (1.0 if settings.loss == "orpo" else settings.sft_weight) * nll
         sums["nll_sum"] = -policy.sum[first].detach().sum()
         sums["nll_tokens"] = policy.tokens[first].sum().float()
     return loss, sums

@@ -67,10 +67,16 @@ _RENDERED = ["key", "copy", "chosen_ids", "chosen_labels", "rejected_ids", "reje
 
 
 def run_prepare_preference(cfg: PreferenceDataConfig) -> Manifest:
-    list_source_files(cfg.sources)  # path errors stop us before any work
-    _renderer(cfg)  # so do tokenizer and template errors
+    """The rows alone (lmforge.align.prepare adds the reference pass to the stage)."""
+    check_inputs(cfg)
     with staged_output_dir(cfg.output_dir) as out:
         return prepare_preference_rows(cfg, out)
+
+
+def check_inputs(cfg: PreferenceDataConfig) -> None:
+    """Path, tokenizer and template errors, before any work."""
+    list_source_files(cfg.sources)
+    _renderer(cfg)
 
 
 def prepare_preference_rows(cfg: PreferenceDataConfig, out: Path) -> Manifest:
