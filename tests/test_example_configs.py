@@ -14,6 +14,7 @@ STAGE_OF_PREFIX = {
     "tokenizer": "train-tokenizer",
     "pretrain_data": "prepare-pretrain",
     "sft_data": "prepare-sft",
+    "preference_data": "prepare-preference",
     "pretrain": "pretrain",
     "sft": "sft",
     "convert": "convert",
