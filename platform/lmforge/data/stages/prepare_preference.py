@@ -67,6 +67,7 @@ _RENDERED = ["key", "copy", "chosen_ids", "chosen_labels", "rejected_ids", "reje
 
 
 def run_prepare_preference(cfg: PreferenceDataConfig) -> Manifest:
+    """prepare_preference_rows into a staged cfg.output_dir, which takes its name only when all went well."""
     list_source_files(cfg.sources)  # path errors stop us before any work
     _renderer(cfg)  # so do tokenizer and template errors
     with staged_output_dir(cfg.output_dir) as out:
