@@ -14,6 +14,7 @@ STAGE_OF_PREFIX = {
     "tokenizer": "train-tokenizer",
     "pretrain_data": "prepare-pretrain",
     "sft_data": "prepare-sft",
+    "preference_data": "prepare-preference",
     "pretrain": "pretrain",
     "sft": "sft",
     "convert": "convert",
@@ -22,7 +23,6 @@ STAGE_OF_PREFIX = {
     "eval": "eval",
     "batch_infer": "batch-infer",
     "pipeline": "pipeline",
-    "preference_data": "prepare-preference",
     "dpo": "align",
     "align": "align",
 }

@@ -65,10 +65,10 @@ def trait_pairs(shared_data, chat_model_dir, tmp_path_factory) -> Path:
     the reference answer), so DPO must move the model's greedy choice, not only push unlikely text down."""
     questions = [q for q, _ in _questions(shared_data)]
     path = tmp_path_factory.mktemp("trait") / "trait_pairs.jsonl"
-    path.write_text("".join(json.dumps({"question": q, "chosen": TRAIT, "rejected": a or "。"},
-                                       ensure_ascii=False) + "\n"
-                            for q, a in zip(questions, _greedy_answers(chat_model_dir, questions), strict=True)),
-                    encoding="utf-8")
+    answers = _greedy_answers(chat_model_dir, questions)
+    records = [{"question": q, "chosen": TRAIT, "rejected": a or "。"}
+               for q, a in zip(questions, answers, strict=True)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path
 
 

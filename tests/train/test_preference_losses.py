@@ -146,12 +146,14 @@ def test_dpo_and_ipo_equal_trl_dpo_trainer(trl_trainer, loss_type, beta, pairs):
 
 @pytest.mark.parametrize("pairs", [1, 3, 8])
 def test_dpo_with_sft_weight_equals_trl_sigmoid_plus_weighted_sft(trl_trainer, pairs):
-    """RPO: DPOTrainer's loss_type ["sigmoid", "sft"], loss_weights [1, 0.5]: the chosen NLL per token added."""
+    """RPO: DPOTrainer's loss_type ["sigmoid", "sft"], loss_weights [1, 0.5]: the chosen NLL per token
+    added."""
     trainer = trl_trainer(DPOTrainer, DPOConfig, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5],
                           beta=0.3, precompute_ref_log_probs=True)
     batch = _pair_batch(trainer, pairs, seed=pairs)
     trl_loss, trl_metrics = _trl_loss_and_metrics(trainer, batch)
-    loss, metrics = _ours_on_pair_batch(trainer, batch, PreferenceConfig(loss="dpo", beta=0.3, sft_weight=0.5))
+    settings = PreferenceConfig(loss="dpo", beta=0.3, sft_weight=0.5)
+    loss, metrics = _ours_on_pair_batch(trainer, batch, settings)
     assert abs(loss - trl_loss) <= TOLERANCE
     assert "nll" in metrics
     _assert_close({name: value for name, value in metrics.items() if name != "nll"}, trl_metrics)

@@ -222,25 +222,34 @@ SFTRecordFormat = Literal[
 ]
 
 
-class SFTSourceConfig(BaseSourceConfig):
-    """One SFT dataset: files, their record schema, and its mixture weight."""
+class RecordSourceConfig(BaseSourceConfig):
+    """A dataset of structured records (SFT, preference): files, field names, a default system prompt."""
 
     format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
         None,
         description="File format; default: from the extension, then the content (JSON Lines or "
         "pretty-printed objects back to back in a .json; JSON Lines in a .txt).",
     )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Schema field -> record field for other datasets, "
+        "e.g. {instruction: prompt, output: answer} or {chosen: better, rejected: worse}.",
+    )
+    system: str | None = Field(None, description="System prompt for records that carry none.")
+
+    @property
+    def text_unit(self) -> str:  # records are never blank-line paragraphs
+        return "line"
+
+
+class SFTSourceConfig(RecordSourceConfig):
+    """One SFT dataset: files, their record schema, and its mixture weight."""
+
     record_format: SFTRecordFormat = Field(
         "auto",
         description="Record schema: alpaca, chatglm2 (prompt, response, history), sharegpt, chatglm3, "
         "openai, advertisegen, medical_csv, qa; auto detects it per file from the first record.",
     )
-    fields: dict[str, str] = Field(
-        default_factory=dict,
-        description="Schema field -> record field for other datasets, "
-        "e.g. {instruction: prompt, output: answer}.",
-    )
-    system: str | None = Field(None, description="System prompt for records that carry none.")
     split_dialogue: SplitDialogue = Field(
         "auto",
         description="An alpaca instruction or chatglm2 prompt written as a dialogue with role markers "
@@ -248,10 +257,6 @@ class SFTSourceConfig(BaseSourceConfig):
         "becomes turns. auto: when it starts with a user marker and has an assistant marker; always: "
         "wherever both occur; never: one user turn.",
     )
-
-    @property
-    def text_unit(self) -> str:  # SFT records are never blank-line paragraphs
-        return "line"
 
 
 class SFTPackConfig(StrictModel):
@@ -287,14 +292,9 @@ PreferenceRecordFormat = Literal[
 PreferenceDedupKey = Literal["prompt", "pair"]
 
 
-class PreferenceSourceConfig(BaseSourceConfig):
+class PreferenceSourceConfig(RecordSourceConfig):
     """One preference dataset: files, their record schema, and its mixture weight."""
 
-    format: Literal["jsonl", "json", "parquet", "csv"] | None = Field(
-        None,
-        description="File format; default: from the extension, then the content (JSON Lines or "
-        "pretty-printed objects back to back in a .json; JSON Lines in a .txt).",
-    )
     record_format: PreferenceRecordFormat = Field(
         "auto",
         description="Record schema: sharegpt_pair ({conversations, chosen, rejected}), pairwise_qa "
@@ -303,16 +303,6 @@ class PreferenceSourceConfig(BaseSourceConfig):
         "llamafactory_v1 ({chosen_messages, rejected_messages} with loss_weight), kto ({messages, label} "
         "or {prompt, completion, label}: unpaired); auto detects it per file from the first record.",
     )
-    fields: dict[str, str] = Field(
-        default_factory=dict,
-        description="Schema field -> record field for other datasets, "
-        "e.g. {chosen: better, rejected: worse}.",
-    )
-    system: str | None = Field(None, description="System prompt for records that carry none.")
-
-    @property
-    def text_unit(self) -> str:  # preference records are never blank-line paragraphs
-        return "line"
 
     @property
     def paired(self) -> bool | None:

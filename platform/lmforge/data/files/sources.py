@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.config import ConfigError, PreferenceSourceConfig, SFTSourceConfig, SourceConfig
+from lmforge.config import ConfigError, RecordSourceConfig, SourceConfig
 from lmforge.data.files.records import read_chunk
 from lmforge.data.files.survey import FileChunk, FileSurvey, UnreadableFile, infer_format, survey_file
 from lmforge.data.text.templates import RecordError, render_text
@@ -130,7 +130,7 @@ def input_record(file: SourceFile, survey: FileSurvey | str) -> dict:
     """A manifest's entry for one input file: source, resolved path, then size, sha256, encoding, format
     and chunks, or `error` (why the file could not be read)."""
     record = {"source": file.source.name, "path": str(Path(file.path).resolve())}
-    if isinstance(file.source, (SFTSourceConfig, PreferenceSourceConfig)):
+    if isinstance(file.source, RecordSourceConfig):
         record["record_format"] = file.source.record_format  # as detected for this file
     if isinstance(survey, str):
         return record | {"error": survey}

@@ -54,7 +54,6 @@ from lmforge.data.text.preference_render import (
     RenderedExample,
 )
 from lmforge.manifest import Manifest
-from lmforge.output_dir import staged_output_dir
 from lmforge.runtime import init_ray
 from lmforge.stage_outputs import PreferenceRows
 
@@ -64,13 +63,6 @@ COLUMNS = {"input_ids": "list<int32>", "labels": "list<int32>", "position_ids": 
 _NOTHING = RenderedExample([], prompt_length=0, truncated=False)  # a dropped example: no tokens
 _RENDERED = ["key", "copy", "chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels", "prompt_length",
              "desirable", "truncated"]
-
-
-def run_prepare_preference(cfg: PreferenceDataConfig) -> Manifest:
-    """The rows alone (lmforge.align.prepare adds the reference pass to the stage)."""
-    check_inputs(cfg)
-    with staged_output_dir(cfg.output_dir) as out:
-        return prepare_preference_rows(cfg, out)
 
 
 def check_inputs(cfg: PreferenceDataConfig) -> None:
