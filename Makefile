@@ -32,10 +32,13 @@ demo: install
 	$(BIN)/lmforge convert configs/demo/convert_pretrain.yaml
 	$(BIN)/lmforge sft configs/demo/sft.yaml
 	$(BIN)/lmforge convert configs/demo/convert.yaml
+	$(BIN)/lmforge prepare-preference configs/demo/preference_data.yaml
+	$(BIN)/lmforge align configs/demo/align.yaml
+	$(BIN)/lmforge convert configs/demo/convert_aligned.yaml
 	$(BIN)/lmforge synth configs/demo/synth.yaml
 	$(BIN)/lmforge eval configs/demo/eval.yaml
 	$(BIN)/lmforge serve configs/demo/serve.yaml ask_once="$(DEMO_QUESTION)"
-	@echo "demo outputs in $(RUNS)/demo: tokenizer/ pretrain_data/ sft_data/ train/ pretrained_model/ model/ synth/ eval/ serve/"
+	@echo "demo outputs in $(RUNS)/demo: tokenizer/ pretrain_data/ sft_data/ train/ pretrained_model/ model/ preference_data/ aligned_model/ synth/ eval/ serve/"
 
 # The same chain as one `lmforge pipeline` (one process, one Ray) with 2 training steps per run and smaller
 # tokenizer/blocks, started afresh in $(RUNS)/smoke: checks every stage still connects to the next (CI).

@@ -150,8 +150,10 @@ def check_model_fits_data(cfg: TrainConfig, data: TrainData) -> None:
     """Vocabulary, tokenizer and sequence length agree, or an error says which and what to do."""
     config = model_config(cfg.model, data.vocab_size)
     limit = max_positions(config)
-    if limit is not None and data.sequence_length > limit:
-        raise ValueError(f"data.dir {cfg.data.dir}: sequences of {data.sequence_length} tokens exceed the "
+    # position ids restart at every packed sample; a preference row holds whole pairs of two sequences
+    longest = data.sequence_length // 2 if data.kind == "preference" else data.sequence_length
+    if limit is not None and longest > limit:
+        raise ValueError(f"data.dir {cfg.data.dir}: sequences of {longest} tokens exceed the "
                          f"model's max_position_embeddings {limit}; set model.config.max_position_embeddings "
                          "(and RoPE scaling) or prepare shorter blocks")
     if cfg.model.path:
