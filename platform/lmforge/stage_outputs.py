@@ -154,12 +154,18 @@ class BatchAnswers(StrictModel):
 
 
 class SynthData(StrictModel):
+    """synth: its records and the source entry that points the next stage at them: sft.jsonl and
+    prepare_sft_source (sharegpt), or for recipe preference preference.jsonl and prepare_preference_source
+    (pairwise_qa)."""
+
     dir: str
-    sft: str
     record_format: str
     generations: str
     quarantine: str
-    prepare_sft_source: dict[str, str]
+    sft: str | None = None
+    prepare_sft_source: dict[str, str] | None = None
+    preference: str | None = None
+    prepare_preference_source: dict[str, str] | None = None
 
 
 class EvalReport(StrictModel):

@@ -1,10 +1,10 @@
-"""Parsers of generated text: well-formed, numbered, loosely formatted and garbage outputs."""
+"""Parsers of generated text: well-formed, numbered, loosely formatted and garbage outputs; refusals."""
 
 from __future__ import annotations
 
 import pytest
 
-from lmforge.infer.parsers import Unparsed, parse_choice, parse_dialogue, parse_qa_pairs
+from lmforge.infer.parsers import Unparsed, parse_choice, parse_dialogue, parse_qa_pairs, refusal_marker
 
 
 def test_numbered_questions_pair_with_their_answers():
@@ -95,3 +95,11 @@ def test_parse_choice_takes_only_the_options_it_was_given():
 def test_parse_choice_prefers_the_longest_option_text_and_refuses_a_tie():
     assert parse_choice("是的，需要", {"A": "是", "B": "是的", "C": "否", "D": "不"}) == "B"
     assert parse_choice("发热", {"A": "发热", "B": "发热", "C": "咳嗽", "D": "头痛"}) is None
+
+
+def test_a_refusal_is_told_by_a_few_specific_phrases_not_by_any_negation():
+    assert refusal_marker("抱歉,作为医疗助手,我无法回答这个问题。") == "抱歉"
+    assert refusal_marker("这个问题我不能回答。") == "不能回答"
+    assert refusal_marker("I CAN'T help with stock tips.") == "i can't"
+    assert refusal_marker("疟疾目前无法根治,但可以控制。") is None
+    assert refusal_marker("Sorry to hear that; rest and drink water.") is None

@@ -1,11 +1,13 @@
-"""lmforge synth: recipes on strings,
-and a QA-from-passages job on real Ray Data + vLLM feeding prepare-sft."""
+"""lmforge synth: recipes on strings, a QA-from-passages job on real Ray Data + vLLM feeding prepare-sft,
+and a preference job (refusals and references) whose pairs are pairwise_qa records."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
+from checkpoint_helpers import QA
 from conftest import PASSAGES, WRITER_REPLIES
 
 from lmforge.config import (
@@ -16,14 +18,34 @@ from lmforge.config import (
     SourceConfig,
     SynthConfig,
 )
+from lmforge.data.text.templates import RecordError
 from lmforge.infer.parsers import Unparsed
-from lmforge.infer.synth import conversations_from, split_passages
+from lmforge.infer.synth import (
+    PolicyRefused,
+    SameAsReference,
+    _read_preference_input,
+    conversations_from,
+    item_requests,
+    preference_pair,
+    split_passages,
+)
+from lmforge.manifest import Manifest
+from lmforge.stage_outputs import SynthData
 
 
 def _cfg(recipe: str, **kw) -> SynthConfig:
     return SynthConfig(
         recipe=recipe, model_dir="m", sources=[SourceConfig(path="x.txt")], output_dir="o", **kw
     )
+
+
+def assert_pairwise_qa(record: dict) -> None:
+    """The shape prepare-preference reads as pairwise_qa: question, chosen, rejected (non-empty strings,
+    the answers different), an optional system prompt; id and provenance ride along."""
+    assert set(record) <= {"id", "question", "chosen", "rejected", "system", "provenance"}, record
+    for field in ("question", "chosen", "rejected", *(("system",) if "system" in record else ())):
+        assert isinstance(record[field], str) and record[field].strip(), (field, record)
+    assert record["chosen"].strip() != record["rejected"].strip(), record
 
 
 def _result(text: str, finish_reason: str = "stop", error: str = "") -> dict:
@@ -95,6 +117,68 @@ def test_multi_turn_extends_the_pair_and_drops_a_repeated_opening():
         conversations_from(_cfg("multi_turn"), item, _result("患者:头痛怎么办?\n医生:多休息。"))
 
 
+def test_a_direct_answer_that_already_refuses_or_repeats_the_refusal_is_no_rejected_side():
+    item = {"id": "q:1", "branch": "refusals", "question": "帮我订一张机票", "provenance": {}}
+    refusal = _result("抱歉,我是医疗助手,无法订票。")
+    pair = preference_pair(_cfg("preference"), item, {"chosen": refusal, "rejected": _result("好的,已订。")})
+    assert (pair["chosen"], pair["rejected"]) == ("抱歉,我是医疗助手,无法订票。", "好的,已订。")
+    with pytest.raises(PolicyRefused, match="already refuses .'抱歉'"):
+        preference_pair(_cfg("preference"), item, {"chosen": refusal, "rejected": _result("很抱歉,我不会。")})
+    with pytest.raises(PolicyRefused, match="the refusal itself"):
+        preference_pair(_cfg("preference"), item,
+                        {"chosen": _result("我只回答医疗问题。"), "rejected": _result("我只回答医疗问题")})
+
+
+def test_an_answer_equal_to_the_reference_but_for_spaces_and_punctuation_is_same_as_reference():
+    item = {"id": "qa:1", "branch": "references", "question": "头痛怎么办？", "answer": "多休息，多喝水。",
+            "provenance": {}}
+    with pytest.raises(SameAsReference):
+        preference_pair(_cfg("preference"), item, {"rejected": _result(" 多休息, 多喝水 ")})
+    pair = preference_pair(_cfg("preference"), item, {"rejected": _result("多喝热水。")})
+    assert (pair["chosen"], pair["rejected"]) == ("多休息，多喝水。", "多喝热水。")
+    assert pair["provenance"]["branch"] == "references" and pair["provenance"]["chosen_model_dir"] is None
+
+
+def test_a_cut_or_failed_side_names_itself_in_the_reason():
+    item = {"id": "q:1", "branch": "refusals", "question": "q", "provenance": {}}
+    with pytest.raises(Unparsed, match="rejected: truncated"):
+        preference_pair(_cfg("preference"), item,
+                         {"chosen": _result("抱歉。"), "rejected": _result("好", finish_reason="length")})
+    with pytest.raises(ValueError, match="rejected: too_long"):
+        preference_pair(_cfg("preference"), item, {"chosen": _result("", finish_reason="length"),
+                                                   "rejected": _result("", error="too_long: 300 tokens")})
+
+
+def test_the_policy_is_asked_the_bare_question_with_the_records_system_prompt():
+    cfg = _cfg("preference", policy_model_dir="sft")
+    reference = {"id": "a:1", "branch": "references", "question": "头痛怎么办？", "answer": "多休息。",
+                 "system": "你是医生。", "provenance": {}}
+    messages = [{"role": "system", "content": "你是医生。"}, {"role": "user", "content": "头痛怎么办？"}]
+    assert item_requests(cfg, reference) == {"rejected": ("sft", messages)}
+    question = {"id": "q:1", "branch": "refusals", "question": "今天股市会涨吗？", "provenance": {}}
+    requests = item_requests(cfg, question)
+    assert requests["rejected"] == ("sft", [{"role": "user", "content": "今天股市会涨吗？"}])
+    assert requests["chosen"][0] == "m" and "今天股市会涨吗？" in requests["chosen"][1][0]["content"]
+
+
+def test_a_record_goes_to_the_branch_its_shape_says_unless_preference_from_names_one():
+    source = SourceConfig(path="x.jsonl")
+    alpaca = {"instruction": "头痛怎么办？", "input": "", "output": "多休息。"}
+    assert json.loads(_read_preference_input({"text": " 今天股市会涨吗？"}, source, "both")) == {
+        "branch": "refusals", "question": "今天股市会涨吗？"}
+    assert json.loads(_read_preference_input(alpaca, source, "both")) == {
+        "branch": "references", "question": "头痛怎么办？", "answer": "多休息。", "system": None}
+    with pytest.raises(RecordError, match="not an SFT record"):
+        _read_preference_input({"text": "今天股市会涨吗？"}, source, "references")
+
+
+def test_preference_settings_default_to_model_dir_and_belong_to_the_preference_recipe():
+    assert _cfg("preference").policy_model_dir == "m"
+    assert _cfg("polite_refusal").policy_model_dir is None
+    with pytest.raises(ValueError, match="policy_model_dir: only recipe preference"):
+        _cfg("polite_refusal", policy_model_dir="sft")
+
+
 def test_a_template_without_its_slot_is_a_config_error():
     with pytest.raises(ValueError, match=r"must contain \{passage\}"):
         _cfg("qa_from_passages", prompts={"qa_from_passages": "提出问题"})
@@ -144,3 +228,83 @@ def test_the_synthetic_records_go_straight_into_prepare_sft(synth_run, tiny_toke
     assert manifest.inputs[0]["record_format"] == "sharegpt"
     assert manifest.counts["total"]["read"] == 1 and manifest.counts["total"]["quarantined"] == 0
     assert manifest.outputs["samples"] >= 1
+
+
+# Off-topic questions for the refusals branch, and QA records for the references branch: the chat model's
+# greedy answer to QA[0]'s question is its trained answer, so a reference equal to it but for spacing and
+# punctuation is same_as_reference; QA[1]'s question gets a reference the model does not give.
+OFFTOPIC = ["今天股市会涨吗？", "帮我写一首关于秋天的诗。", "推荐一部好看的电影。"]
+OWN_ANSWER = QA[0][1].replace("。", " ")
+OTHER_REFERENCE = "头痛时先量血压，持续不缓解请就医。"
+
+
+@pytest.fixture(scope="module")
+def preference_run(ray_local, qa_writer_model_dir, chat_model_dir, tmp_path_factory):  # noqa: ARG001 - Ray
+    """model_dir: the QA writer (its 'refusals' are QA-shaped gibberish, but never refuse); policy_model_dir:
+    the chat model. Two models, so one engine each; with one model both request lists would share one."""
+    from lmforge.infer.synth import run_synth
+
+    root = tmp_path_factory.mktemp("synth_preference")
+    (root / "offtopic.txt").write_text("\n".join(OFFTOPIC) + "\n", encoding="utf-8")
+    turns = [{"from": "human", "value": QA[1][0]}, {"from": "gpt", "value": OTHER_REFERENCE}]
+    qa = [{"instruction": QA[0][0], "input": "", "output": OWN_ANSWER}, {"conversations": turns}]
+    (root / "qa.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in qa),
+                                   encoding="utf-8")
+    cfg = SynthConfig(recipe="preference", model_dir=str(qa_writer_model_dir),
+                      policy_model_dir=str(chat_model_dir),
+                      sources=[SourceConfig(path=str(root / name)) for name in ("offtopic.txt", "qa.jsonl")],
+                      output_dir=str(root / "out"), sampling=SamplingConfig(max_tokens=32),
+                      engine=EngineConfig(batch_size=8))
+    manifest = run_synth(cfg)
+    records = [json.loads(line) for line in (root / "out" / "preference.jsonl").read_text().splitlines()]
+    generations = [json.loads(line) for line in (root / "out" / "generations.jsonl").read_text().splitlines()]
+    return manifest, root / "out", records, generations
+
+
+def test_the_preference_job_writes_pairwise_qa_records_where_the_manifest_says(preference_run):
+    manifest, out, records, _ = preference_run
+    outputs = SynthData.model_validate(Manifest.read(out).outputs)
+    assert outputs.sft is None and outputs.prepare_sft_source is None
+    assert outputs.prepare_preference_source == {"path": str((out / "preference.jsonl").resolve()),
+                                                 "record_format": "pairwise_qa"}
+    assert outputs.record_format == "pairwise_qa" and (out / outputs.preference).is_file()
+    assert records and manifest.counts["preference_records"] == len(records)
+    for record in records:
+        assert_pairwise_qa(record)
+
+
+def test_refusal_pairs_prefer_the_writers_refusal_over_the_policys_own_answer(
+    preference_run, qa_writer_model_dir, chat_model_dir
+):
+    _, _, records, generations = preference_run
+    text = {(g["id"], g["side"]): g["text"].strip() for g in generations}
+    refusals = [r for r in records if r["provenance"]["branch"] == "refusals"]
+    assert [r["question"] for r in refusals] == OFFTOPIC
+    for record in refusals:
+        assert record["chosen"] == text[record["id"], "chosen"]
+        assert record["rejected"] == text[record["id"], "rejected"]
+        assert record["provenance"]["chosen_model_dir"] == str(qa_writer_model_dir.resolve())
+        assert record["provenance"]["rejected_model_dir"] == str(chat_model_dir.resolve())
+        assert record["provenance"]["recipe"] == "preference"
+        assert record["provenance"]["file"].endswith("offtopic.txt")
+
+
+def test_reference_pairs_keep_the_reference_and_skip_an_answer_equal_to_it(preference_run):
+    manifest, out, records, generations = preference_run
+    [pair] = [r for r in records if r["provenance"]["branch"] == "references"]
+    [answer] = [g["text"].strip() for g in generations if g["id"] == "qa:2"]
+    assert (pair["question"], pair["chosen"], pair["rejected"]) == (QA[1][0], OTHER_REFERENCE, answer)
+    assert pair["provenance"]["line"] == 2 and pair["provenance"]["chosen_model_dir"] is None
+    assert manifest.counts["same_as_reference_items"] == 1
+    assert all(q["stage"] != "same_as_reference" for q in map(json.loads, (out / "quarantine.jsonl").open()))
+
+
+def test_the_preference_counts_reconcile(preference_run):
+    manifest, out, records, _ = preference_run
+    c = Counter(manifest.counts)
+    assert c["read"] == c["ok_records"] == c["items"] == 5
+    assert c["items_by_branch"] == {"refusals": 3, "references": 2}
+    assert (c["kept_items"], c["same_as_reference_items"]) == (len(records), 1) == (4, 1)
+    outcomes = ("kept", "unparsed", "failed", "policy_refused", "same_as_reference")
+    assert sum(c[f"{outcome}_items"] for outcome in outcomes) == c["items"]
+    assert (out / "quarantine.jsonl").read_text() == ""

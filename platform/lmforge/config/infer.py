@@ -124,7 +124,10 @@ class SynthPromptsConfig(StrictModel):
     qa_from_passages: str = Field(
         QA_FROM_PASSAGES, description="Self-instruct QA from a passage: uses {passage}."
     )
-    polite_refusal: str = Field(POLITE_REFUSAL, description="A harmless refusal of an off-topic {question}.")
+    polite_refusal: str = Field(
+        POLITE_REFUSAL,
+        description="A harmless refusal of an off-topic {question} (also recipe preference's chosen side).",
+    )
     multi_turn: str = Field(MULTI_TURN, description="Continue the {question}/{answer} pair into a dialogue.")
 
     @model_validator(mode="after")
@@ -139,20 +142,36 @@ class SynthPromptsConfig(StrictModel):
 
 
 class SynthConfig(StrictModel):
-    """`lmforge synth`: generate SFT conversations with a model (ShareGPT JSONL that prepare-sft reads)."""
+    """`lmforge synth`: generate SFT conversations with a model (ShareGPT JSONL that prepare-sft reads), or
+    preference pairs (pairwise_qa JSONL that prepare-preference reads)."""
 
-    recipe: Literal["qa_from_passages", "polite_refusal", "multi_turn"] = Field(
+    recipe: Literal["qa_from_passages", "polite_refusal", "multi_turn", "preference"] = Field(
         description="qa_from_passages: text -> passages -> QA pairs; polite_refusal: off-topic questions -> "
-        "refusals; multi_turn: SFT QA pairs -> dialogues.",
+        "refusals; multi_turn: SFT QA pairs -> dialogues; preference: off-topic questions -> (refusal, the "
+        "policy's answer) and SFT QA pairs -> (reference, the policy's answer) pairs.",
     )
-    model_dir: str = Field(description="The generating model: output_dir of lmforge convert.")
+    model_dir: str = Field(
+        description="The generating model: output_dir of lmforge convert (preference: writes the refusals)."
+    )
     sources: list[SourceConfig] = Field(
         description="Inputs. qa_from_passages: text (a paragraph a line); polite_refusal: questions (a "
-        "line each, or records with template qa/plain); multi_turn: QA records (template qa fields "
-        "question/answer).",
+        "line each, or records with template qa/plain); multi_turn: QA records in any SFT schema; "
+        "preference: both kinds, see preference_from.",
     )
     output_dir: str = Field(
-        description="Where sft.jsonl, generations.jsonl, quarantine.jsonl and manifest.json go."
+        description="Where sft.jsonl (preference: preference.jsonl), generations.jsonl, quarantine.jsonl "
+        "and manifest.json go."
+    )
+    policy_model_dir: str | None = Field(
+        None,
+        description="preference: the model being aligned (the SFT model), whose own answers to the bare "
+        "questions are the rejected side; default: model_dir.",
+    )
+    preference_from: Literal["both", "refusals", "references"] = Field(
+        "both",
+        description="preference: how a record is read. refusals: a question (as polite_refusal reads it); "
+        "chosen = model_dir's refusal. references: a QA record in any SFT schema (its first exchange); "
+        "chosen = its answer. both: per record, an SFT record is a reference, anything else a question.",
     )
     prompts: SynthPromptsConfig = Field(default_factory=SynthPromptsConfig)
     passage_chars: int = Field(
@@ -168,6 +187,16 @@ class SynthConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=256))
     engine: EngineConfig = Field(default_factory=EngineConfig)
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=4))
+
+    @model_validator(mode="after")
+    def _preference_fields(self) -> SynthConfig:
+        if self.recipe != "preference":
+            stray = sorted({"policy_model_dir", "preference_from"} & self.model_fields_set)
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: only recipe preference reads it, not {self.recipe}")
+        elif self.policy_model_dir is None:
+            self.policy_model_dir = self.model_dir
+        return self
 
 
 class EvalModelConfig(StrictModel):

@@ -1,12 +1,14 @@
-"""Read a model's free text back into structure: QA pairs, dialogue turns, a chosen option.
+"""Read a model's free text back into structure: QA pairs, dialogue turns, a chosen option, a refusal.
 
 The QA and dialogue parsers return what they found or raise `Unparsed` with a short reason; the
 synth job puts such records in quarantine with the raw text, so nothing is dropped silently.
-`parse_choice` returns None instead; eval counts those answers.
+`parse_choice` returns None instead (eval counts those answers), as does `refusal_marker` for an answer
+that does not refuse.
 
     parse_qa_pairs("问题1:什么是疟疾?\\n答案1:由疟原虫引起的传染病。")  -> [("什么是疟疾?", "由疟原虫...")]
     parse_dialogue("患者:要吃药吗?\\n医生:需要。")                      -> [("user", ...), ("assistant", ...)]
     parse_choice("答案是 B。", {"A": "发热", "B": "咳嗽"})                -> "B"
+    refusal_marker("抱歉,我无法回答这个问题。")                          -> "抱歉"
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ _LETTER_AFTER_CUE = re.compile(
     r"[\s:是为应该]*"
     r"(?:[(\[【]\s*([A-Za-z])\s*[)\]】]|([A-Z])(?![A-Za-z0-9]))"
 )
+
+# Phrases that make an answer a refusal. Few and specific on purpose: "无法" alone also opens medical
+# answers ("目前无法根治"), as "sorry" does ("sorry to hear that"); an answer taken for a refusal by
+# mistake costs synth's preference recipe one pair, a missed one adds a pair of two refusals.
+REFUSAL_MARKERS = ("抱歉", "对不起", "无法回答", "不能回答", "不便回答", "无法提供", "无法帮", "不能帮",
+                   "i cannot", "i can't", "i am unable", "i'm unable", "as an ai")
 
 
 class Unparsed(ValueError):
@@ -116,3 +124,9 @@ def _option_by_text(text: str, options: Mapping[str, str]) -> str | None:
     longest = max(matches.values(), default=0)
     best = [letter for letter, length in matches.items() if length == longest]
     return best[0] if len(best) == 1 else None  # two options with the same text: no choice
+
+
+def refusal_marker(text: str) -> str | None:
+    """The first of REFUSAL_MARKERS the answer contains (English ones in any case), or None."""
+    folded = text.casefold()
+    return next((marker for marker in REFUSAL_MARKERS if marker in folded), None)
