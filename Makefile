@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python bench/serve_throughput.py
 	$(BIN)/python bench/batch_infer.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/preference.py
 
 clean:
 	rm -rf runs bench/work

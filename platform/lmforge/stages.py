@@ -103,7 +103,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           "Answer a prompt set with a converted model: Ray Data + vLLM engine actors; reruns resume.",
           out.BatchAnswers),
     Stage("synth", SynthConfig, "lmforge.infer.synth:run_synth",
-          "Synthetic SFT data (QA from passages, polite refusals, multi-turn) for prepare-sft.",
+          "Synthetic SFT data (QA from passages, polite refusals, multi-turn) for prepare-sft, or preference "
+          "pairs (refusal vs the policy's answer, reference vs the policy's answer) for prepare-preference.",
           out.SynthData),
     Stage("eval", EvalConfig, "lmforge.infer.evaluate:run_eval",
           "Perplexity, multiple choice and open QA of several models; "

@@ -308,3 +308,19 @@ def test_the_preference_counts_reconcile(preference_run):
     outcomes = ("kept", "unparsed", "failed", "policy_refused", "same_as_reference")
     assert sum(c[f"{outcome}_items"] for outcome in outcomes) == c["items"]
     assert (out / "quarantine.jsonl").read_text() == ""
+
+
+def test_the_preference_records_go_straight_into_prepare_preference(preference_run, chat_model_dir, tmp_path):
+    """The loop closed: synth's pairs, read as the manifest's prepare_preference_source says, become rows."""
+    from lmforge.align.prepare import run_prepare_preference
+    from lmforge.config import PreferenceDataConfig
+
+    _, out, records, _ = preference_run
+    source = SynthData.model_validate(Manifest.read(out).outputs).prepare_preference_source
+    manifest = run_prepare_preference(PreferenceDataConfig.model_validate({
+        "sources": [source], "tokenizer": str(chat_model_dir), "output_dir": str(tmp_path / "pairs"),
+        "max_length": 128, "workers": 1,
+    }))
+    assert manifest.inputs[0]["record_format"] == "pairwise_qa"
+    assert manifest.counts["total"]["read"] == len(records) and manifest.counts["total"]["quarantined"] == 0
+    assert manifest.outputs["pairs"] == len(records)
