@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from lmforge.config import ModelConfig, TrainConfig
 from lmforge.train.data import TrainData
@@ -47,10 +48,15 @@ def test_a_local_model_loads_partitioned_under_zero3_with_its_weights_and_grown_
         assert is_deepspeed_zero3_enabled()  # what makes transformers build inside zero.Init
         parameters = dict(engine.module.named_parameters())
         assert all(p.numel() == 0 for p in parameters.values())  # partitioned: the full tensors live nowhere
-        with deepspeed.zero.GatheredParameters(list(parameters.values())):
-            for name, expected in source.state_dict().items():
-                loaded = parameters[name].detach()
-                if name in ("model.embed_tokens.weight", "lm_head.weight"):
-                    assert loaded.shape[0] == DATA_VOCAB
-                    loaded = loaded[:SAVED_VOCAB]
-                torch.testing.assert_close(loaded, expected, rtol=0, atol=0, msg=name)
+        try:
+            with deepspeed.zero.GatheredParameters(list(parameters.values())):
+                for name, expected in source.state_dict().items():
+                    loaded = parameters[name].detach()
+                    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+                        assert loaded.shape[0] == DATA_VOCAB
+                        loaded = loaded[:SAVED_VOCAB]
+                    torch.testing.assert_close(loaded, expected, rtol=0, atol=0, msg=name)
+        finally:
+            # the engine's HfDeepSpeedConfig would otherwise stay registered in this process, and every
+            # later from_config here (convert's parameter count) would build inside zero.Init
+            unset_hf_deepspeed_config()
