@@ -285,8 +285,12 @@ def test_a_lost_node_mid_pretrain_is_survived_with_the_uninterrupted_weights(clu
 
     steps = [row["step"] for row in metrics(cfg)]
     assert set(steps) == set(range(1, 25)) and steps[-1] == 24
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart] >= registered + 1  # from the checkpoint, not from step 1
+    # the kill cost the run its training workers: Ray started new ones (on node-a and node-c)
+    assert len(JobPlacement(cluster, job).actor_nodes("RayTrainWorker")) > 2
+    # resumed from a checkpoint, not from step 1: steps after the last one saved repeat, or none do when a
+    # checkpoint was registered between the poll above and the kill at exactly the last logged step
+    restart = next((i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]), None)
+    assert restart is None or steps[restart] >= registered + 1
     final = weights(checkpoints(cfg)[24])
     assert max_difference(final, weights(checkpoints(spread_run["cfg"])[24])) <= 1e-5
 
