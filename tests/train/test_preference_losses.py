@@ -21,7 +21,7 @@ from trl.experimental.cpo import CPOConfig, CPOTrainer
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from lmforge.config import ModelConfig, PreferenceConfig
-from lmforge.train.batches import model_inputs, sft_batch
+from lmforge.train.batches import packed_row_inputs
 from lmforge.train.model import TINY_CONFIGS, build_model
 from lmforge.train.preference import (
     SequenceLogps,
@@ -369,12 +369,12 @@ def packed_model(request):
 
 
 def _packed_logps(model_type, model, rows) -> SequenceLogps:
-    batch = sft_batch(rows, max_length=ROW_LENGTH, pad_id=0)
-    boundaries = [row["boundaries"] for row in rows]
-    inputs = {k: v for k, v in model_inputs(model_type, batch, boundaries).items() if k != "labels"}
+    """As the trainer and the reference pass compute them (packed_row_inputs, then sequence_logps)."""
+    inputs, boundaries = packed_row_inputs(rows, ROW_LENGTH, 0, model_type)
+    labels = inputs.pop("labels")
     with torch.no_grad():
         logits = model(**inputs).logits
-    return sequence_logps(logits, batch["labels"], boundaries)
+    return sequence_logps(logits, labels, boundaries)
 
 
 def test_packed_sequence_logps_equal_each_sequence_alone(packed_model):

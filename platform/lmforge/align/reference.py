@@ -24,7 +24,7 @@ import torch
 from lmforge.config import ModelConfig, PreferenceDataConfig
 from lmforge.manifest import Manifest
 from lmforge.stage_outputs import PreferenceRows, outputs_of
-from lmforge.train.batches import model_inputs, sft_batch
+from lmforge.train.batches import packed_row_inputs
 from lmforge.train.model import build_model
 from lmforge.train.preference import sequence_logps
 
@@ -44,7 +44,6 @@ class ReferenceScorer:
         scores = [self.score(table.slice(start, self.batch_size).to_pylist())
                   for start in range(0, table.num_rows, self.batch_size)]
         flat = [row for batch in scores for row in batch]
-        table = table.drop_columns([c for c in ("ref_logps",) if c in table.column_names])
         table = table.append_column("ref_logps", pa.array(flat, pa.list_(pa.float64())))
         staged = path.with_name(path.name + ".partial")
         pq.write_table(table, staged, compression="zstd")
@@ -54,11 +53,8 @@ class ReferenceScorer:
 
     @torch.no_grad()
     def score(self, rows: list[dict]) -> list[list[float]]:
-        tensors = sft_batch(rows, self.sequence_length, self.pad_token_id)
-        boundaries = [list(r["boundaries"]) for r in rows]
-        room = self.sequence_length
-        padded = [b + ([room - sum(b)] if sum(b) < room else []) for b in boundaries]  # Bloom: padding too
-        inputs = model_inputs(self.model.config.model_type, tensors, padded)
+        inputs, boundaries = packed_row_inputs(rows, self.sequence_length, self.pad_token_id,
+                                               self.model.config.model_type)
         labels = inputs.pop("labels")
         sums = sequence_logps(self.model(**inputs).logits, labels, boundaries).sum.double().numpy()
         ends = np.cumsum([len(b) for b in boundaries])

@@ -71,6 +71,20 @@ def sft_batch(rows: Sequence[dict], max_length: int, pad_id: int) -> dict[str, t
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
+def packed_row_inputs(rows: Sequence[dict], max_length: int, pad_id: int,
+                      model_type: str) -> tuple[dict, list[list[int]]]:
+    """SFT or preference rows (input_ids, labels, position_ids, boundaries) -> (`model(**inputs)` keyword
+    arguments with labels, each row's sample lengths without the padding)."""
+    boundaries = [[int(b) for b in row["boundaries"]] for row in rows]
+    return model_inputs(model_type, sft_batch(rows, max_length, pad_id), boundaries), boundaries
+
+
+def rows_of(batch: dict, names: Sequence[str] = ("input_ids", "labels", "position_ids", "boundaries")
+            ) -> list[dict]:
+    """A Ray Data numpy batch (column -> array of rows) as one dict per row."""
+    return [{name: batch[name][i] for name in names} for i in range(len(batch["input_ids"]))]
+
+
 def model_inputs(
     model_type: str, batch: dict[str, torch.Tensor], boundaries: Sequence[Sequence[int]]
 ) -> dict:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from lmforge.config import AlignTrainConfig, TrainConfig
-from lmforge.train.batches import IGNORE_INDEX, model_inputs, pretrain_batch, sft_batch
+from lmforge.train.batches import IGNORE_INDEX, model_inputs, packed_row_inputs, pretrain_batch, rows_of
 from lmforge.train.checkpoint import (
     TrainerState,
     read_state,
@@ -225,17 +225,9 @@ def evaluate(engine, data: TrainData, cfg: TrainConfig, reference: Reference | N
 def _to_inputs(batch: dict[str, np.ndarray], data: TrainData, model_type: str) -> dict:
     if data.kind == "pretrain":
         tensors = pretrain_batch(batch["input_ids"], batch["doc_lens"])
-        boundaries = batch["doc_lens"]
-    else:
-        rows = [{name: batch[name][i] for name in ("input_ids", "labels", "position_ids", "boundaries")}
-                for i in range(len(batch["input_ids"]))]
-        tensors = sft_batch(rows, data.sequence_length, data.pad_token_id)
-        # the padding after the samples is a segment of its own
-        boundaries = [[int(b) for b in r["boundaries"]] for r in rows]
-        for lengths in boundaries:
-            if sum(lengths) < data.sequence_length:
-                lengths.append(data.sequence_length - sum(lengths))
-    return model_inputs(model_type, tensors, boundaries)
+        return model_inputs(model_type, tensors, batch["doc_lens"])
+    inputs, _ = packed_row_inputs(rows_of(batch), data.sequence_length, data.pad_token_id, model_type)
+    return inputs
 
 
 def _all_mean(value: torch.Tensor) -> float:

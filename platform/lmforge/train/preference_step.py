@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from lmforge.config import AlignTrainConfig
-from lmforge.train.batches import IGNORE_INDEX, model_inputs, sft_batch
+from lmforge.train.batches import IGNORE_INDEX, packed_row_inputs, rows_of
 from lmforge.train.preference import kto_local_kl, metric_means, preference_loss, sequence_logps
 
 ReferenceKind = Literal["none", "precomputed", "adapters_disabled", "frozen_copy"]
@@ -89,13 +89,8 @@ def preference_micro_batch(
     all_ranks: every rank runs this micro batch in step (training), so KTO's KL estimate is averaged over
     them; evaluation, whose ranks may hold different numbers of batches, uses the rank's own estimate.
     """
-    rows = [{name: batch[name][i] for name in ("input_ids", "labels", "position_ids", "boundaries")}
-            for i in range(len(batch["input_ids"]))]
-    tensors = sft_batch(rows, data.sequence_length, data.pad_token_id)
-    boundaries = [[int(b) for b in row["boundaries"]] for row in rows]
-    padded = [lengths + ([data.sequence_length - sum(lengths)] if sum(lengths) < data.sequence_length else [])
-              for lengths in boundaries]  # for the Bloom mask the padding is a sample of its own
-    inputs = model_inputs(model_type, tensors, padded)
+    inputs, boundaries = packed_row_inputs(rows_of(batch), data.sequence_length, data.pad_token_id,
+                                           model_type)
     labels = inputs.pop("labels")
     kinds = torch.as_tensor(np.concatenate([np.asarray(r, np.int64) for r in batch["kinds"]]))
 
