@@ -118,12 +118,14 @@ def _align(cfg: AlignTrainConfig) -> Manifest:
     return run_align(cfg)
 
 
+DPO = {"preference": {"beta": 0.1, "sft_weight": 1.0}, "optim": {"lr": 5e-3, "schedule": "constant"}}
+
+
 @pytest.fixture(scope="module")
 def dpo(storage, pair_data, chat_model_dir) -> AlignTrainConfig:
     # sft_weight: DPO alone reaches reward accuracy 1.0 by pushing the model's own answers down, and the
     # chosen answer stays unlikely; with the chosen NLL added (RPO) it becomes the greedy one
-    cfg = align_config(storage, "dpo", pair_data, chat_model_dir, preference={"beta": 0.1, "sft_weight": 1.0},
-                       optim={"lr": 5e-3, "schedule": "constant"}, max_steps=40, eval_every=20,
+    cfg = align_config(storage, "dpo", pair_data, chat_model_dir, **DPO, max_steps=40, eval_every=20,
                        checkpoint={"every_steps": 40, "keep_last": 1})
     _align(cfg)
     return cfg
@@ -131,7 +133,9 @@ def dpo(storage, pair_data, chat_model_dir) -> AlignTrainConfig:
 
 @pytest.fixture(scope="module")
 def in_loop(storage, pair_data, chat_model_dir) -> AlignTrainConfig:
-    cfg = align_config(storage, "in_loop", pair_data, chat_model_dir, reference="in_loop", max_steps=2)
+    """The dpo run's first 2 steps (same settings, rows and updates) with a frozen copy as the reference."""
+    cfg = align_config(storage, "in_loop", pair_data, chat_model_dir, **DPO, reference="in_loop", max_steps=2,
+                       checkpoint={"every_steps": 2, "keep_last": 1})
     _align(cfg)
     return cfg
 
@@ -162,12 +166,19 @@ def test_dpo_learns_the_trait_of_the_chosen_answers(dpo):
 
 
 def test_precomputed_reference_equals_the_in_loop_one(dpo, in_loop):
-    """Step 1 reads the same rows in both runs, from the same starting policy: rewards (policy - reference)
-    differ only by how the reference was computed (prepare-preference's pass vs a frozen ZeRO-3 copy)."""
+    """Both runs read the same rows from the same starting policy with the same settings: rewards (policy -
+    reference) differ only by how the reference was computed (prepare-preference's pass vs a frozen ZeRO-3
+    copy)."""
     precomputed, loop = metrics(dpo)[0], metrics(in_loop)[0]
     for name in ("logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected"):
         assert abs(precomputed[name] - loop[name]) <= 1e-5, name
     assert abs(loop["rewards_chosen"]) <= 1e-5 and abs(loop["rewards_rejected"]) <= 1e-5
+    # step 2, after one identical update: the policy has moved away from the reference, so the rewards are
+    # no longer 0 and would differ if either reference moved with the policy (or were the policy itself)
+    precomputed, loop = metrics(dpo)[1], metrics(in_loop)[1]
+    assert abs(precomputed["rewards_chosen"]) > 1e-3 and abs(precomputed["rewards_rejected"]) > 1e-3
+    for name in ("logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected"):
+        assert abs(precomputed[name] - loop[name]) <= 1e-4, (name, precomputed[name], loop[name])
 
 
 def test_the_aligned_model_converts_and_answers_with_the_trait(dpo, shared_data, chat_model_dir, tmp_path):
