@@ -112,7 +112,7 @@ def statistics_means(micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, 
     A collective: every rank calls it, with the same keys (a rank without batches passes [] and adds
     zeros, so evaluation shards of different sizes cannot hang it)."""
     names = sorted({name for sums in micro_batches for name in sums})
-    if dist.is_initialized():  # ranks agree on the names: the loss decides them, not the data
+    if dist.is_initialized():  # the loss decides the names, but a rank without batches has none yet
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, names)
         names = sorted({name for found in gathered for name in found})
