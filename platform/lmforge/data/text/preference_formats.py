@@ -49,7 +49,6 @@ from lmforge.data.text.sft_formats import (
 from lmforge.data.text.templates import RecordError
 
 RECORD_FORMATS = tuple(name for name in get_args(PreferenceRecordFormat) if name != "auto")  # the config's
-PAIRED_FORMATS = tuple(name for name in RECORD_FORMATS if name != "kto")
 PAIRWISE_FIELDS = {
     "prompt": ("question", "prompt", "instruction"),
     "chosen": ("response_chosen", "chosen"),
