@@ -79,7 +79,7 @@ def prepare_preference_rows(cfg: PreferenceDataConfig, out: Path) -> Manifest:
     records = read_sources(list_source_files(cfg.sources), cfg, partial(read_records, convert=_example_json),
                            resolve_files=resolve_record_formats,
                            dedup_text=partial(preference_dedup_texts, key=cfg.dedup.key))
-    paired = all(f.source.record_format != "kto" for f in records.files)  # one kind (resolve_record_formats)
+    paired = all(f.source.paired is not False for f in records.files)  # one kind (resolve_record_formats)
     examples = render_examples(records.kept, records.duplicates.removed, cfg).materialize()
     rendered = examples.filter(expr=col("status") == "ok")
 
@@ -132,9 +132,9 @@ def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[Sourc
     or if paired and KTO files are mixed."""
     files = record_formats.resolve_record_formats(files, surveys, PREFERENCE_SCHEMAS)
     try:
-        check_one_kind_of_data({  # an unreadable file is still auto: every record of it is quarantined
-            f"{f.source.name} ({f.path}: {f.source.record_format})":
-            None if f.source.record_format == "auto" else f.source.record_format != "kto" for f in files})
+        # an unreadable file is still auto (paired None): every record of it is quarantined
+        check_one_kind_of_data({f"{f.source.name} ({f.path}: {f.source.record_format})": f.source.paired
+                                for f in files})
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return files
