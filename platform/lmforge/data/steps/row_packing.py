@@ -142,14 +142,20 @@ def pack_samples(samples: pa.Table, capacity: int, mode: Literal["packed", "padd
             "truncate it or raise the capacity"
         )
 
+    bins = row_bins(lengths.tolist(), capacity, mode)  # samples are in key order, so index order is key order
+    return lay_out_rows(bins, ids, labels, lengths, {"keys": pa.array(keys, pa.int64())})
+
+
+def row_bins(lengths: Sequence[int], capacity: int, mode: Literal["packed", "padded"]) -> list[list[int]]:
+    """Item indices per row, rows ordered by their first item: "packed" by best-fit decreasing, "padded"
+    one item per row."""
     if mode == "packed":
-        bins = best_fit_decreasing(lengths.tolist(), capacity)
+        bins = best_fit_decreasing(lengths, capacity)
     elif mode == "padded":
         bins = [[i] for i in range(len(lengths))]
     else:
-        raise ValueError(f"pack_samples: mode must be 'packed' or 'padded', not {mode!r}")
-    bins.sort(key=lambda b: b[0])  # samples are in key order, so index order is key order
-    return lay_out_rows(bins, ids, labels, lengths, {"keys": pa.array(keys, pa.int64())})
+        raise ValueError(f"packing mode must be 'packed' or 'padded', not {mode!r}")
+    return sorted(bins, key=lambda b: b[0])
 
 
 def lay_out_rows(bins: list[list[int]], ids: pa.ListArray, labels: pa.ListArray, lengths: np.ndarray,
