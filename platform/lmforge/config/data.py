@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from lmforge.config.base import RayConfig, StrictModel
 
 TemplateName = Literal["plain", "qa", "dialogue", "medical_csv", "format"]
+# The chat template a chat data stage renders with (prepare-sft, prepare-preference).
+ChatTemplate = Annotated[Literal["classic", "tokenizer"], Field(
+    description="classic: 'User: q</s>\\n Assistant: a</s>'; tokenizer: the tokenizer's own chat_template."
+)]
 
 
 class FilesConfig(StrictModel):
@@ -273,11 +277,7 @@ class SFTDataConfig(DataStageConfig):
     """`lmforge prepare-sft`: SFT datasets -> label-masked, deduplicated, mixed, packed samples."""
 
     sources: list[SFTSourceConfig] = Field(description="Input datasets.")
-    template: Literal["classic", "tokenizer"] = Field(
-        "classic",
-        description="classic: 'User: q</s>\\n Assistant: a</s>'; "
-        "tokenizer: the tokenizer's own chat_template.",
-    )
+    template: ChatTemplate = "classic"
     max_length: int = Field(
         1024, ge=16, description="Tokens per training row; longer conversations keep whole turns."
     )
@@ -349,11 +349,7 @@ class PreferenceDataConfig(DataStageConfig):
     sources: list[PreferenceSourceConfig] = Field(
         description="Input datasets: all paired (chosen/rejected) or all KTO (unpaired, labelled)."
     )
-    template: Literal["classic", "tokenizer"] = Field(
-        "classic",
-        description="classic: 'User: q</s>\\n Assistant: a</s>'; "
-        "tokenizer: the tokenizer's own chat_template.",
-    )
+    template: ChatTemplate = "classic"
     max_length: int = Field(
         1024, ge=16,
         description="Tokens per sequence (prompt + one answer); a row holds 2 * max_length. A longer pair "

@@ -17,14 +17,12 @@ reference pass (lmforge.align) can add its log-probs there before the directory 
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray.data
 from ray.data.expressions import col
 
@@ -38,7 +36,7 @@ from lmforge.data.stages.source_records import read_sources
 from lmforge.data.steps.conversation_dedup import preference_dedup_texts
 from lmforge.data.steps.mixing import mixture_factors, repeat_by_mixture
 from lmforge.data.steps.pair_packing import kto_sequences, pack_pairs, pair_sequences
-from lmforge.data.steps.row_packing import assign_pack_group
+from lmforge.data.steps.row_packing import assign_pack_group, write_row_shard
 from lmforge.data.steps.tokenize import load_fast_tokenizer
 from lmforge.data.text.chat_render import IGNORE_INDEX
 from lmforge.data.text.preference_formats import (
@@ -79,7 +77,7 @@ def prepare_preference_rows(cfg: PreferenceDataConfig, out: Path) -> Manifest:
     records = read_sources(list_source_files(cfg.sources), cfg, partial(read_records, convert=_example_json),
                            resolve_files=resolve_record_formats,
                            dedup_text=partial(preference_dedup_texts, key=cfg.dedup.key))
-    paired = all(f.source.record_format != "kto" for f in records.files)  # one kind (resolve_record_formats)
+    paired = all(f.source.paired is not False for f in records.files)  # one kind (resolve_record_formats)
     examples = render_examples(records.kept, records.duplicates.removed, cfg).materialize()
     rendered = examples.filter(expr=col("status") == "ok")
 
@@ -132,9 +130,9 @@ def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[Sourc
     or if paired and KTO files are mixed."""
     files = record_formats.resolve_record_formats(files, surveys, PREFERENCE_SCHEMAS)
     try:
-        check_one_kind_of_data({  # an unreadable file is still auto: every record of it is quarantined
-            f"{f.source.name} ({f.path}: {f.source.record_format})":
-            None if f.source.record_format == "auto" else f.source.record_format != "kto" for f in files})
+        # an unreadable file is still auto (paired None): every record of it is quarantined
+        check_one_kind_of_data({f"{f.source.name} ({f.path}: {f.source.record_format})": f.source.paired
+                                for f in files})
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return files
@@ -249,18 +247,10 @@ def _pack_and_write_group(group: pa.Table, out_dir: str, max_length: int, mode: 
     group = group.sort_by([("key", "ascending"), ("copy", "ascending")])
     sequences = pair_sequences(group) if paired else kto_sequences(group, max_length)
     rows = pack_pairs(sequences, 2 * max_length, mode)
-    # a stable id per row, so training can order and hold out rows deterministically
-    rows = rows.append_column("row", pa.array(np.arange(rows.num_rows) + (group_id << 32), pa.int64()))
-    name = f"rows-{group_id:05d}.parquet"
-    path = Path(out_dir) / name
-    pq.write_table(rows, path, compression="zstd")
-    labels = pc.list_flatten(rows.column("labels")).to_numpy(zero_copy_only=False)
     desirable = int(pc.sum(group.column("desirable")).as_py() or 0) if not paired else 0
-    return pa.table({
-        "file": [name], "rows": [rows.num_rows], "pairs": [group.num_rows], "sequences": [sequences.num_rows],
-        "tokens": [int(pc.sum(pc.list_value_length(rows.column("input_ids"))).as_py() or 0)],
-        "trained_tokens": [int((labels != IGNORE_INDEX).sum())],
-        "truncated": [int(pc.sum(group.column("truncated")).as_py() or 0)],
-        "desirable": [desirable], "undesirable": [0 if paired else group.num_rows - desirable],
-        "sha256": [hashlib.sha256(path.read_bytes()).hexdigest()],
-    })
+    shard = write_row_shard(rows, group_id, out_dir) | {
+        "pairs": group.num_rows, "sequences": sequences.num_rows,
+        "truncated": int(pc.sum(group.column("truncated")).as_py() or 0),
+        "desirable": desirable, "undesirable": 0 if paired else group.num_rows - desirable,
+    }
+    return pa.table({name: [value] for name, value in shard.items()})

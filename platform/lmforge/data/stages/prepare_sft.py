@@ -14,14 +14,12 @@ convert and serving use the very same ones.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import ray.data
 from ray.data.expressions import col
@@ -34,7 +32,7 @@ from lmforge.data.stages import record_formats
 from lmforge.data.stages.source_records import read_sources
 from lmforge.data.steps.conversation_dedup import dedup_texts, find_prefix_conversations
 from lmforge.data.steps.mixing import mixture_factors, repeat_by_mixture
-from lmforge.data.steps.row_packing import assign_pack_group, pack_samples
+from lmforge.data.steps.row_packing import assign_pack_group, pack_samples, write_row_shard
 from lmforge.data.steps.tokenize import load_fast_tokenizer
 from lmforge.data.text.chat_render import (
     IGNORE_INDEX,
@@ -194,15 +192,5 @@ def _pack_and_write_group(group: pa.Table, out_dir: str, capacity: int, mode: st
     group_id = group.column("group")[0].as_py()
     # copies of one sample share a key and are identical, so their order does not matter
     rows = pack_samples(group.select(["key", "input_ids", "labels"]), capacity, mode)
-    # a stable id per row, so training can order and hold out rows deterministically
-    rows = rows.append_column("row", pa.array(np.arange(rows.num_rows) + (group_id << 32), pa.int64()))
-    name = f"rows-{group_id:05d}.parquet"
-    path = Path(out_dir) / name
-    pq.write_table(rows, path, compression="zstd")
-    labels = pc.list_flatten(rows.column("labels")).to_numpy(zero_copy_only=False)
-    return pa.table({
-        "file": [name], "rows": [rows.num_rows], "samples": [group.num_rows],
-        "tokens": [int(pc.sum(pc.list_value_length(rows.column("input_ids"))).as_py() or 0)],
-        "trained_tokens": [int((labels != IGNORE_INDEX).sum())],
-        "sha256": [hashlib.sha256(path.read_bytes()).hexdigest()],
-    })
+    shard = write_row_shard(rows, group_id, out_dir) | {"samples": group.num_rows}
+    return pa.table({name: [value] for name, value in shard.items()})

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lmforge.data.steps.row_packing import best_fit_decreasing, lay_out_rows
+from lmforge.data.steps.row_packing import lay_out_rows, row_bins
 from lmforge.data.text.chat_render import IGNORE_INDEX
 
 CHOSEN, REJECTED, KL = 0, 1, 2  # kinds (KTO: CHOSEN = desirable, REJECTED = undesirable)
@@ -44,13 +44,7 @@ def pack_pairs(sequences: pa.Table, capacity: int, mode: Literal["packed", "padd
     pair_lengths = np.bincount(pair, weights=lengths, minlength=pairs).astype(np.int64)
     first = np.searchsorted(pair, np.arange(pairs))
     count = np.bincount(pair, minlength=pairs)
-    if mode == "packed":
-        bins = best_fit_decreasing(pair_lengths.tolist(), capacity)
-    elif mode == "padded":
-        bins = [[i] for i in range(pairs)]
-    else:
-        raise ValueError(f"pack_pairs: mode must be 'packed' or 'padded', not {mode!r}")
-    bins.sort(key=lambda b: b[0])
+    bins = row_bins(pair_lengths.tolist(), capacity, mode)
     sequence_bins = [[s for p in b for s in range(first[p], first[p] + count[p])] for b in bins]
     return lay_out_rows(sequence_bins, ids, sequences.column("labels").combine_chunks(), lengths, {
         "kinds": sequences.column("kind").combine_chunks().cast(pa.int8()),

@@ -32,13 +32,16 @@ to -100 in the row: alone, that label is never a target either, so the loss is u
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from lmforge.data.steps.hashing import splitmix64
 from lmforge.data.text.chat_render import IGNORE_INDEX
@@ -142,14 +145,20 @@ def pack_samples(samples: pa.Table, capacity: int, mode: Literal["packed", "padd
             "truncate it or raise the capacity"
         )
 
+    bins = row_bins(lengths.tolist(), capacity, mode)  # samples are in key order, so index order is key order
+    return lay_out_rows(bins, ids, labels, lengths, {"keys": pa.array(keys, pa.int64())})
+
+
+def row_bins(lengths: Sequence[int], capacity: int, mode: Literal["packed", "padded"]) -> list[list[int]]:
+    """Item indices per row, rows ordered by their first item: "packed" by best-fit decreasing, "padded"
+    one item per row."""
     if mode == "packed":
-        bins = best_fit_decreasing(lengths.tolist(), capacity)
+        bins = best_fit_decreasing(lengths, capacity)
     elif mode == "padded":
         bins = [[i] for i in range(len(lengths))]
     else:
-        raise ValueError(f"pack_samples: mode must be 'packed' or 'padded', not {mode!r}")
-    bins.sort(key=lambda b: b[0])  # samples are in key order, so index order is key order
-    return lay_out_rows(bins, ids, labels, lengths, {"keys": pa.array(keys, pa.int64())})
+        raise ValueError(f"packing mode must be 'packed' or 'padded', not {mode!r}")
+    return sorted(bins, key=lambda b: b[0])
 
 
 def lay_out_rows(bins: list[list[int]], ids: pa.ListArray, labels: pa.ListArray, lengths: np.ndarray,
@@ -190,3 +199,18 @@ def utilisation(rows: pa.Table, capacity: int) -> float:
         return 0.0
     tokens = pc.sum(pc.list_value_length(rows.column("input_ids"))).as_py()
     return tokens / (rows.num_rows * capacity)
+
+
+def write_row_shard(rows: pa.Table, group_id: int, out_dir: str) -> dict:
+    """The packed rows of pack group `group_id` -> `rows-NNNNN.parquet` in `out_dir`, each row with a stable
+    id (`row`: group_id << 32 plus its index, so training can order and hold out rows deterministically).
+    Returns the shard's manifest entry: file, rows, tokens, trained_tokens, sha256."""
+    rows = rows.append_column("row", pa.array(np.arange(rows.num_rows) + (group_id << 32), pa.int64()))
+    name = f"rows-{group_id:05d}.parquet"
+    path = Path(out_dir) / name
+    pq.write_table(rows, path, compression="zstd")
+    labels = pc.list_flatten(rows.column("labels")).to_numpy(zero_copy_only=False)
+    return {"file": name, "rows": rows.num_rows,
+            "tokens": int(pc.sum(pc.list_value_length(rows.column("input_ids"))).as_py() or 0),
+            "trained_tokens": int((labels != IGNORE_INDEX).sum()),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

@@ -39,6 +39,7 @@ from lmforge.data.text.sft_formats import (
     Item,
     RecordFields,
     conversation_of,
+    detect_file_schema,
     history_items,
     kind_of,
     openai_items,
@@ -48,7 +49,6 @@ from lmforge.data.text.sft_formats import (
 from lmforge.data.text.templates import RecordError
 
 RECORD_FORMATS = tuple(name for name in get_args(PreferenceRecordFormat) if name != "auto")  # the config's
-PAIRED_FORMATS = tuple(name for name in RECORD_FORMATS if name != "kto")
 PAIRWISE_FIELDS = {
     "prompt": ("question", "prompt", "instruction"),
     "chosen": ("response_chosen", "chosen"),
@@ -114,15 +114,8 @@ def detect_record_format(fields: dict) -> str | None:
 
 def detect_file_record_format(path: str, first_fields: dict | None) -> str:
     """The schema of a file from its first readable record; ValueError naming the file and what it saw."""
-    found = detect_record_format(first_fields) if first_fields is not None else None
-    if found:
-        return found
-    seen = "no readable record" if first_fields is None else f"a record with keys {sorted(first_fields)}"
-    raise ValueError(
-        f"{path}: cannot tell the preference format from {seen}; set record_format: "
-        f"(one of {', '.join(RECORD_FORMATS)}) "
-        f"and, if the names differ, fields: (e.g. {{chosen: better, rejected: worse}})"
-    )
+    return detect_file_schema(path, first_fields, detect_record_format, "preference", RECORD_FORMATS,
+                              "{chosen: better, rejected: worse}")
 
 
 def to_preference(fields: dict, record_format: str, field_map: dict[str, str] | None = None,

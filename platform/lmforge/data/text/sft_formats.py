@@ -27,7 +27,7 @@ user/tool turns are dropped, since nothing follows them to train on.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, get_args
 
@@ -84,8 +84,16 @@ def detect_record_format(fields: dict) -> str | None:
 
 
 def detect_file_record_format(path: str, first_fields: dict | None) -> str:
-    """The schema of a file from its first readable record; ValueError naming the file and what it saw."""
-    found = detect_record_format(first_fields) if first_fields is not None else None
+    """The SFT schema of a file from its first readable record; ValueError naming the file and what it saw."""
+    return detect_file_schema(path, first_fields, detect_record_format, "SFT", RECORD_FORMATS,
+                              "{instruction: prompt, output: answer}")
+
+
+def detect_file_schema(path: str, first_fields: dict | None, detect: Callable[[dict], str | None], kind: str,
+                       formats: tuple[str, ...], fields_example: str) -> str:
+    """`detect` of a file's first readable record (SFT, preference); ValueError naming the file, what it saw
+    (keys, and its first turn's) and the `formats` to set instead."""
+    found = detect(first_fields) if first_fields is not None else None
     if found:
         return found
     if first_fields is None:
@@ -101,9 +109,8 @@ def detect_file_record_format(path: str, first_fields: dict | None) -> str:
                 else f", first turn {kind_of(first)}"
             )
     raise ValueError(
-        f"{path}: cannot tell the SFT format from {seen}; set record_format: "
-        f"(one of {', '.join(RECORD_FORMATS)}) "
-        f"and, if the names differ, fields: (e.g. {{instruction: prompt, output: answer}})"
+        f"{path}: cannot tell the {kind} format from {seen}; set record_format: "
+        f"(one of {', '.join(formats)}) and, if the names differ, fields: (e.g. {fields_example})"
     )
 
 
