@@ -12,9 +12,9 @@ from lmforge.output_dir import staged_output_dir
 
 
 def run_prepare_preference(cfg: PreferenceDataConfig) -> Manifest:
-    check_inputs(cfg)  # path, tokenizer and template errors stop us before any work
+    files, renderer = check_inputs(cfg)  # path, tokenizer and template errors stop us before any work
     with staged_output_dir(cfg.output_dir) as out:
-        manifest = prepare_preference_rows(cfg, out)
+        manifest = prepare_preference_rows(cfg, out, files, renderer)
         if cfg.reference.model_dir:
             manifest = add_reference_logps(cfg, out)
     return manifest

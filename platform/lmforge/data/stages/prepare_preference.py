@@ -29,12 +29,11 @@ from ray.data.expressions import col
 from lmforge.config import ConfigError, PreferenceDataConfig
 from lmforge.config.data import check_one_kind_of_data
 from lmforge.data.files.sources import SourceFile, list_source_files, read_records
-from lmforge.data.reports.counts import drop_keys, per_source_totals, render_stats
+from lmforge.data.reports.counts import drop_keys
 from lmforge.data.reports.plots import length_histogram, write_data_plots
 from lmforge.data.stages import record_formats
 from lmforge.data.stages.source_records import read_sources
 from lmforge.data.steps.conversation_dedup import preference_dedup_texts
-from lmforge.data.steps.mixing import mixture_factors, repeat_by_mixture
 from lmforge.data.steps.pair_packing import kto_sequences, pack_pairs, pair_sequences
 from lmforge.data.steps.row_packing import assign_pack_group, write_row_shard
 from lmforge.data.steps.tokenize import load_fast_tokenizer
@@ -63,37 +62,26 @@ _RENDERED = ["key", "copy", "chosen_ids", "chosen_labels", "rejected_ids", "reje
              "desirable", "truncated"]
 
 
-def check_inputs(cfg: PreferenceDataConfig) -> None:
-    """Path, tokenizer and template errors, before any work."""
-    list_source_files(cfg.sources)
-    _renderer(cfg)
+def check_inputs(cfg: PreferenceDataConfig) -> tuple[list[SourceFile], PreferenceRenderer]:
+    """The source files and the renderer, so path, tokenizer and template errors come before any work."""
+    return list_source_files(cfg.sources), PreferenceRenderer(
+        load_fast_tokenizer(cfg.tokenizer), cfg.template, cfg.max_length, cfg.max_prompt_length)
 
 
-def prepare_preference_rows(cfg: PreferenceDataConfig, out: Path) -> Manifest:
+def prepare_preference_rows(cfg: PreferenceDataConfig, out: Path, files: list[SourceFile],
+                            renderer: PreferenceRenderer) -> Manifest:
     """Rows, reports and manifest.json of `cfg`, written into `out` (an already staged output directory,
-    lmforge.output_dir); starts or joins Ray. EmptyOutput when no pair is left."""
-    renderer = _renderer(cfg).chat
+    lmforge.output_dir), from check_inputs' files and renderer; starts or joins Ray. EmptyOutput when no
+    pair is left."""
     init_ray(cfg.ray)
-    records = read_sources(list_source_files(cfg.sources), cfg, partial(read_records, convert=_example_json),
+    records = read_sources(files, cfg, partial(read_records, convert=_example_json),
                            resolve_files=resolve_record_formats,
                            dedup_text=partial(preference_dedup_texts, key=cfg.dedup.key))
     paired = all(f.source.paired is not False for f in records.files)  # one kind (resolve_record_formats)
     examples = render_examples(records.kept, records.duplicates.removed, cfg).materialize()
     rendered = examples.filter(expr=col("status") == "ok")
 
-    stats = render_stats(examples)
-    factors = mixture_factors({name: s["tokens"] for name, s in stats.items()},
-                              {s.name: s.weight for s in cfg.sources}, cfg.mix.total_tokens)
-    mixed = repeat_by_mixture(rendered, factors, cfg.seed)
-    counts = records.counts(
-        {name: {"documents": s["documents"], "tokens": s["tokens"]} for name, s in stats.items()},
-        factors, per_source_totals(mixed),
-        filtered_later={name: s["filtered"] for name, s in stats.items()},  # too long, identical when cut
-    )
-    for name, row in counts["sources"].items():
-        row["truncated"] = stats.get(name, {}).get("truncated", 0)
-        row["trained_tokens"] = stats.get(name, {}).get("trained_tokens", 0)
-    records.check_output_not_empty(STAGE, counts)
+    mixed, counts = records.mix_rendered(examples, STAGE)  # too long, identical when cut: filtered
     shards = pack_and_write(mixed, cfg, out, paired)
 
     totals = {key: sum(s[key] for s in shards)
@@ -109,8 +97,8 @@ def prepare_preference_rows(cfg: PreferenceDataConfig, out: Path) -> Manifest:
         "row_length": 2 * cfg.max_length,
         "pack_mode": cfg.pack.mode,
         "template": cfg.template,
-        "chat_template": renderer.chat_template,
-        "eos_token_id": renderer.eos_token_id,
+        "chat_template": renderer.chat.chat_template,
+        "eos_token_id": renderer.chat.eos_token_id,
         "dedup_key": cfg.dedup.key,
         "paired": paired,
         **totals,
@@ -118,11 +106,6 @@ def prepare_preference_rows(cfg: PreferenceDataConfig, out: Path) -> Manifest:
         "undesirable": None if paired else totals["undesirable"],
         "utilisation": round(totals["tokens"] / max(totals["rows"] * 2 * cfg.max_length, 1), 6),
     }, counts)
-
-
-def _renderer(cfg: PreferenceDataConfig) -> PreferenceRenderer:
-    return PreferenceRenderer(load_fast_tokenizer(cfg.tokenizer), cfg.template, cfg.max_length,
-                              cfg.max_prompt_length)
 
 
 def resolve_record_formats(files: list[SourceFile], surveys: list) -> list[SourceFile]:

@@ -26,12 +26,11 @@ from ray.data.expressions import col
 
 from lmforge.config import SFTDataConfig
 from lmforge.data.files.sources import SourceFile, list_source_files, read_records
-from lmforge.data.reports.counts import drop_keys, per_source_totals, render_stats
+from lmforge.data.reports.counts import drop_keys
 from lmforge.data.reports.plots import length_histogram, write_data_plots
 from lmforge.data.stages import record_formats
 from lmforge.data.stages.source_records import read_sources
 from lmforge.data.steps.conversation_dedup import dedup_texts, find_prefix_conversations
-from lmforge.data.steps.mixing import mixture_factors, repeat_by_mixture
 from lmforge.data.steps.row_packing import assign_pack_group, pack_samples, write_row_shard
 from lmforge.data.steps.tokenize import load_fast_tokenizer
 from lmforge.data.text.chat_render import (
@@ -67,22 +66,7 @@ def run_prepare_sft(cfg: SFTDataConfig) -> Manifest:
         samples = render_samples(records.kept, records.duplicates.removed, cfg).materialize()
         rendered = samples.filter(expr=col("status") == "ok")
 
-        sample_stats = render_stats(samples)
-        factors = mixture_factors(
-            {name: s["tokens"] for name, s in sample_stats.items()}, {s.name: s.weight for s in cfg.sources},
-            cfg.mix.total_tokens,
-        )
-        mixed = repeat_by_mixture(rendered, factors, cfg.seed)
-        counts = records.counts(
-            {name: {"documents": s["documents"], "tokens": s["tokens"]} for name, s in sample_stats.items()},
-            factors, per_source_totals(mixed),
-            # too long, nothing to train
-            filtered_later={name: s["filtered"] for name, s in sample_stats.items()},
-        )
-        for name, row in counts["sources"].items():
-            row["truncated"] = sample_stats.get(name, {}).get("truncated", 0)
-            row["trained_tokens"] = sample_stats.get(name, {}).get("trained_tokens", 0)
-        records.check_output_not_empty("prepare-sft", counts)
+        mixed, counts = records.mix_rendered(samples, "prepare-sft")  # too long, nothing to train: filtered
         shards = pack_and_write(mixed, cfg, out)
 
         totals = {key: sum(s[key] for s in shards) for key in ("rows", "samples", "tokens", "trained_tokens")}

@@ -32,15 +32,17 @@ from lmforge.data.files.sources import (
 )
 from lmforge.data.files.survey import FileSurvey
 from lmforge.data.reports.counts import (
+    per_source_totals,
     reconcile_counts,
     removed_by_source,
+    render_stats,
     status_counts,
     write_duplicate_sample,
     write_quarantine,
 )
 from lmforge.data.stages.train_tokenizer import tokenizer_identity
 from lmforge.data.steps.dedup import DuplicateReport, find_duplicates
-from lmforge.data.steps.mixing import mixture_warnings
+from lmforge.data.steps.mixing import mixture_factors, mixture_warnings, repeat_by_mixture
 from lmforge.manifest import Manifest
 from lmforge.stage_outputs import PreparedData
 
@@ -93,6 +95,25 @@ class SourceRecords:
         for warning in counts["warnings"]:
             log.warning("mixture: %s", warning)
         return counts
+
+    def mix_rendered(self, rendered: ray.data.Dataset, stage: str) -> tuple[ray.data.Dataset, dict]:
+        """The rendered rows with status "ok" repeated or sampled by the sources' mixture weights, and the
+        counts (those filtered at rendering, `filtered:<why>`, move out of ok; per source also truncated and
+        trained tokens). EmptyOutput when nothing is left. `rendered`: render_stats' columns."""
+        stats = render_stats(rendered)
+        factors = mixture_factors({name: s["tokens"] for name, s in stats.items()},
+                                  {s.name: s.weight for s in self.cfg.sources}, self.cfg.mix.total_tokens)
+        mixed = repeat_by_mixture(rendered.filter(expr=col("status") == "ok"), factors, self.cfg.seed)
+        counts = self.counts(
+            {name: {"documents": s["documents"], "tokens": s["tokens"]} for name, s in stats.items()},
+            factors, per_source_totals(mixed),
+            filtered_later={name: s["filtered"] for name, s in stats.items()},
+        )
+        for name, row in counts["sources"].items():
+            row["truncated"] = stats.get(name, {}).get("truncated", 0)
+            row["trained_tokens"] = stats.get(name, {}).get("trained_tokens", 0)
+        self.check_output_not_empty(stage, counts)
+        return mixed, counts
 
     def check_output_not_empty(self, stage: str, counts: dict) -> None:
         """EmptyOutput, with each source's counts and the first quarantine reasons,
