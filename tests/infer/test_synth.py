@@ -179,6 +179,12 @@ def test_preference_settings_default_to_model_dir_and_belong_to_the_preference_r
         _cfg("polite_refusal", policy_model_dir="sft")
 
 
+def test_a_dumped_synth_config_of_any_recipe_loads_again():
+    for recipe in ("polite_refusal", "preference"):
+        cfg = _cfg(recipe)
+        assert SynthConfig.model_validate(cfg.model_dump()) == cfg
+
+
 def test_a_template_without_its_slot_is_a_config_error():
     with pytest.raises(ValueError, match=r"must contain \{passage\}"):
         _cfg("qa_from_passages", prompts={"qa_from_passages": "提出问题"})

@@ -191,7 +191,10 @@ class SynthConfig(StrictModel):
     @model_validator(mode="after")
     def _preference_fields(self) -> SynthConfig:
         if self.recipe != "preference":
-            stray = sorted({"policy_model_dir", "preference_from"} & self.model_fields_set)
+            # by value, not model_fields_set: the dump of any synth config (--print-config, the manifest's
+            # config) names both fields at their defaults and must load again
+            stray = [name for name in ("policy_model_dir", "preference_from")
+                     if getattr(self, name) != type(self).model_fields[name].default]
             if stray:
                 raise ValueError(f"{', '.join(stray)}: only recipe preference reads it, not {self.recipe}")
         elif self.policy_model_dir is None:

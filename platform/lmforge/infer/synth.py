@@ -25,8 +25,8 @@ into a loop with the model being aligned):
                                   is no rejected side: quarantined as policy_refused
                       references  a QA record in any SFT schema (its first exchange, as multi_turn reads
                                   it): chosen = its answer, rejected = the policy's answer to its question
-                                  (and system prompt); an answer equal to the reference once whitespace
-                                  and punctuation are dropped is counted as same_as_reference, not kept
+                                  (and system prompt); an answer equal to the reference as exact dedup
+                                  sees it (normalize_for_dedup) is counted as same_as_reference, not kept
 
 Counts reconcile: read = quarantined on read + ok records; the candidates made from ok records
 (passages, questions, pairs) = short passages skipped + beyond max_items + items; items = kept +
@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from functools import partial
@@ -47,6 +46,7 @@ from pathlib import Path
 
 from lmforge.config.infer import SynthConfig
 from lmforge.data.files.sources import list_source_files, plan_chunks, read_records, survey_source_file
+from lmforge.data.steps.minhash import normalize_for_dedup
 from lmforge.data.text.sft_formats import detect_record_format, to_conversation
 from lmforge.data.text.templates import RecordError, render_text
 from lmforge.infer.engine import model_limits, run_request_list
@@ -320,11 +320,11 @@ def preference_pair(cfg: SynthConfig, item: dict, answers: dict[str, dict]) -> d
         chosen, marker = texts["chosen"], refusal_marker(rejected)
         if marker:
             raise PolicyRefused(f"the policy model's direct answer already refuses ('{marker}')")
-        if _normalised(rejected) == _normalised(chosen):
+        if normalize_for_dedup(rejected) == normalize_for_dedup(chosen):
             raise PolicyRefused("the policy model's direct answer is the refusal itself")
     else:
         chosen = item["answer"]
-        if _normalised(rejected) == _normalised(chosen):
+        if normalize_for_dedup(rejected) == normalize_for_dedup(chosen):
             raise SameAsReference
     provenance = item["provenance"] | {
         "recipe": cfg.recipe, "branch": item["branch"],
@@ -334,12 +334,6 @@ def preference_pair(cfg: SynthConfig, item: dict, answers: dict[str, dict]) -> d
     system = {"system": item["system"]} if item.get("system") else {}
     return {"id": item["id"], "question": item["question"], **system, "chosen": chosen, "rejected": rejected,
             "provenance": provenance}
-
-
-def _normalised(text: str) -> str:
-    """The text without whitespace and punctuation (full-width marks too): what 'the same answer' compares."""
-    return "".join(ch for ch in unicodedata.normalize("NFKC", text)
-                   if not ch.isspace() and not unicodedata.category(ch).startswith("P"))
 
 
 def _sharegpt(record_id: str, turns: list[tuple[str, str]], provenance: dict) -> dict:
